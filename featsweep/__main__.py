@@ -1,0 +1,45 @@
+"""`python -m featsweep [overrides]` and `python -m featsweep -m <sweep>`: a thin Hydra entry point."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from featsweep.config import register_configs  # noqa: E402
+from featsweep.errors import FeatsweepError  # noqa: E402
+
+register_configs()
+log = logging.getLogger("featsweep")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from featsweep import pipeline
+    from featsweep.tracking import is_multirun
+
+    try:
+        outcome = pipeline.run(cfg)
+    except FeatsweepError as err:
+        log.error("%s", err)
+        if is_multirun():
+            return None  # the run is FAILED in MLflow; the sweep goes on and reports it at the end
+        print(f"featsweep: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except Exception:
+        log.exception("Job failed")
+        if is_multirun():
+            return None
+        raise
+    if "skipped_for" in outcome:
+        log.info("Skipped: this config already FINISHED as run %s (tracking.skip_finished=false reruns it).", outcome["skipped_for"])
+    return None
+
+
+if __name__ == "__main__":
+    main()

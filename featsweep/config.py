@@ -1,0 +1,229 @@
+"""Typed schema behind the YAML config groups.
+
+Every group in ``conf/`` is validated against a dataclass here, so a wrong type
+or an unknown enum choice fails when Hydra composes the config, not deep inside
+a stage. This module is the single place that owns each option's name, type and
+default; the YAML files only pick values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+# `${fs_cwd:}` is the directory the user launched from. Hydra does not chdir
+# with version_base=1.3, and jobs of any launcher inherit it, so paths built on
+# it are absolute and shared by every job of a sweep.
+if not OmegaConf.has_resolver("fs_cwd"):
+    OmegaConf.register_new_resolver("fs_cwd", lambda: os.getcwd())
+
+
+class Device(str, Enum):
+    auto = "auto"  # CUDA when present, else CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Stage(str, Enum):
+    task = "task"
+    attribution = "attribution"
+    network = "network"
+    steering = "steering"
+
+
+class ModelSource(str, Enum):
+    organism = "organism"  # the small model shipped in featsweep/organism/assets
+    transformer_lens = "transformer_lens"  # any HookedTransformer.from_pretrained name
+
+
+class SaeSource(str, Enum):
+    organism = "organism"
+    sae_lens = "sae_lens"  # SAE.from_pretrained(release, sae_id)
+
+
+class Contrast(str, Enum):
+    random_other = "random_other"  # seeded draw of another answer from the task's answer set
+    mean_others = "mean_others"  # mean logit of all other answers in the task's answer set
+
+
+class MultiTokenPolicy(str, Enum):
+    error = "error"
+    drop = "drop"
+
+
+class Aggregation(str, Enum):
+    final = "final"  # the last token of each prompt
+    sum = "sum"  # sum over the kept positions
+    max_abs = "max_abs"  # the value of largest magnitude over the kept positions
+    last_nonzero = "last_nonzero"  # the blog's: last position where the feature is non-zero
+
+
+class Selection(str, Enum):
+    all_nonzero = "all_nonzero"  # the blog's: non-zero on every prompt
+    min_fraction = "min_fraction"  # non-zero on at least `min_fraction` of prompts
+    topk = "topk"  # the `top_k` features by mean |attribution|
+
+
+class CorrelationMethod(str, Enum):
+    pearson = "pearson"
+    spearman = "spearman"
+
+
+class EdgeSign(str, Enum):
+    abs = "abs"  # |r| >= threshold, weight |r|
+    positive = "positive"  # r >= threshold only
+
+
+class CommunityAlgorithm(str, Enum):
+    greedy_modularity = "greedy_modularity"
+    louvain = "louvain"
+    leiden = "leiden"
+
+
+class SteeringMode(str, Enum):
+    negative = "negative"  # A - factor * scale_i * d_i
+    zero_ablate = "zero_ablate"
+    mean_ablate = "mean_ablate"
+
+
+class SteeringScale(str, Enum):
+    gen_max = "gen_max"  # max activation on generic text, BOS excluded
+    local_max = "local_max"  # largest activation on the task's prompts
+    unit = "unit"
+
+
+class SteeringPositions(str, Enum):
+    all = "all"
+    non_bos = "non_bos"
+    last = "last"
+
+
+class SetSampling(str, Enum):
+    within = "within"
+    between = "between"
+
+
+@dataclass
+class ModelConfig:
+    source: ModelSource = ModelSource.organism
+    name: str = "organism"  # TransformerLens name when source=transformer_lens
+    random_init: bool = False  # random weights of the real shape, for offline tests
+    assets_dir: Optional[str] = None  # organism weights; None = the shipped ones
+
+
+@dataclass
+class SaeConfig:
+    source: SaeSource = SaeSource.organism
+    release: Optional[str] = None  # SAE Lens registry release, e.g. gpt2-small-res-jb
+    sae_id: Optional[str] = None  # e.g. blocks.7.hook_resid_pre
+    hook_name: Optional[str] = None  # where the SAE splices in; checked against the model
+    d_sae: Optional[int] = None  # dictionary size, used by random_init
+    random_init: bool = False
+
+
+@dataclass
+class TaskConfig:
+    name: str = "athletes"
+    path: Optional[str] = None  # CSV/JSONL; None = the packaged athletes file
+    template: str = "Fact: {name} plays the sport of"
+    subject_column: str = "name"
+    answer_column: str = "answer"
+    answer_prefix: str = " "  # answers are predicted as the next word, with its space
+    contrast: Contrast = Contrast.random_other
+    on_multi_token: MultiTokenPolicy = MultiTokenPolicy.error
+    limit: Optional[int] = None  # keep the first N prompts
+    batch_size: int = 32
+
+
+@dataclass
+class AttributionConfig:
+    batch_size: int = 16
+    aggregation: Aggregation = Aggregation.sum
+    exclude_prefix: bool = True  # drop positions identical in every prompt (BOS, "Fact", ":")
+    selection: Selection = Selection.all_nonzero
+    min_fraction: float = 0.9
+    top_k: int = 200
+
+
+@dataclass
+class ClusteringConfig:
+    method: CorrelationMethod = CorrelationMethod.pearson
+    threshold: float = 0.7  # edge when |r| >= threshold (inclusive)
+    edges: EdgeSign = EdgeSign.positive
+    weighted: bool = True
+    algorithm: CommunityAlgorithm = CommunityAlgorithm.greedy_modularity
+    resolution: float = 1.0
+    min_cluster_size: int = 10  # keep clusters with >= this many features (inclusive)
+    n_null: int = 50  # permutation-null repeats
+    n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
+
+
+@dataclass
+class SteeringConfig:
+    mode: SteeringMode = SteeringMode.negative
+    scale: SteeringScale = SteeringScale.gen_max
+    positions: SteeringPositions = SteeringPositions.all
+    factor: float = 10.0
+    normalize_by_set_size: bool = False
+    set_sizes: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    samples_per_size: int = 20
+    sampling: List[SetSampling] = field(
+        default_factory=lambda: [SetSampling.within, SetSampling.between]
+    )
+    batch_size: int = 256  # rows (conditions x prompts) per forward through the tail
+    engine: str = "fast"  # fast | reference
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = "sqlite:///${fs_cwd:}/mlflow.db"
+    artifact_root: str = "${fs_cwd:}/mlruns"
+    experiment: str = "featsweep"
+    run_name: Optional[str] = None
+    skip_finished: bool = True  # resume: skip a job whose config already FINISHED
+
+
+@dataclass
+class CacheConfig:
+    enabled: bool = True
+    dir: str = "${fs_cwd:}/.featsweep_cache"
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: Device = Device.auto
+    dtype: DType = DType.float32
+    stages: List[Stage] = field(
+        default_factory=lambda: [Stage.task, Stage.attribution, Stage.network, Stage.steering]
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sae: SaeConfig = field(default_factory=SaeConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+
+def register_configs() -> None:
+    """Register the schema so `conf/config.yaml` can extend it as `base_config`."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+
+
+def to_container(cfg: Any) -> dict:
+    """Resolved plain-dict view of a config (enums become their string values)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

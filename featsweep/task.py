@@ -1,0 +1,204 @@
+"""The task: prompts, answer tokens, the logit-difference metric and baseline performance.
+
+Prompts have different lengths, so every batch holds prompts of one token length
+(no padding): the last position is then the prediction for every row, exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from featsweep.config import Contrast, MultiTokenPolicy
+from featsweep.errors import FeatsweepError
+from featsweep.results import StageResult
+
+ATHLETES = Path(__file__).parent / "data" / "athletes.csv"
+PERFORMANCE_COLUMNS = ["prob", "rank", "logit", "top10_entropy", "logit_diff"]
+
+
+@dataclass
+class Task:
+    frame: pd.DataFrame  # one row per prompt: prompt, subject, answer, incorrect, correct_id, incorrect_id
+    tokens: list[torch.Tensor]  # 1-D token ids per prompt, BOS included, on CPU
+    correct_ids: torch.Tensor  # [n]
+    incorrect_ids: torch.Tensor  # [n]; used by contrast=random_other
+    answer_ids: torch.Tensor  # [k] distinct answer tokens; used by contrast=mean_others
+    contrast: Contrast
+    prefix_len: int  # leading positions whose token is the same in every prompt (BOS, "Fact", ":")
+
+    @property
+    def n(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(t) for t in self.tokens])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield (prompt indices, tokens [b, T]) with every prompt in a batch of the same length."""
+        lengths = self.lengths
+        for length in np.unique(lengths):
+            idx = np.flatnonzero(lengths == length)
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start : start + batch_size]
+                yield chunk, torch.stack([self.tokens[i] for i in chunk])
+
+    def logit_diff(self, logits_last: torch.Tensor, idx: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """m = logit(correct) - logit(incorrect), or minus the mean logit of the other answers."""
+        idx = torch.as_tensor(idx, device=self.correct_ids.device)
+        correct = self.correct_ids[idx].to(logits_last.device)
+        # logits_last may hold several conditions per prompt: [..., b, V]
+        correct_logit = logits_last.gather(-1, correct.expand(logits_last.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+        if self.contrast is Contrast.random_other:
+            incorrect = self.incorrect_ids[idx].to(logits_last.device)
+            other = logits_last.gather(-1, incorrect.expand(logits_last.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+            return correct_logit - other
+        answers = self.answer_ids.to(logits_last.device)
+        answer_logits = logits_last[..., answers]  # [..., b, k]
+        is_correct = (answers == correct.unsqueeze(-1)).to(answer_logits.dtype)  # [b, k]
+        others_mean = (answer_logits * (1 - is_correct)).sum(-1) / (1 - is_correct).sum(-1)
+        return correct_logit - others_mean
+
+    def performance(self, logits_last: torch.Tensor, idx: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-prompt performance from last-position logits [..., b, V]."""
+        logits_last = logits_last.float()
+        idx_t = torch.as_tensor(idx, device=self.correct_ids.device)
+        correct = self.correct_ids[idx_t].to(logits_last.device).expand(logits_last.shape[:-1]).unsqueeze(-1)
+        correct_logit = logits_last.gather(-1, correct).squeeze(-1)
+        top10 = logits_last.topk(10, dim=-1).values.log_softmax(-1)
+        return {
+            "prob": logits_last.log_softmax(-1).gather(-1, correct).squeeze(-1).exp(),
+            "rank": (logits_last > correct_logit.unsqueeze(-1)).sum(-1).float(),
+            "logit": correct_logit,
+            "top10_entropy": -(top10.exp() * top10).sum(-1),
+            "logit_diff": self.logit_diff(logits_last, idx),
+        }
+
+
+def read_task_rows(task_cfg) -> pd.DataFrame:
+    path = Path(task_cfg.path) if task_cfg.path else ATHLETES
+    if not path.exists():
+        raise FeatsweepError(f"task.path={path} does not exist. Give a CSV or JSONL file, or task.path=null for the athletes task.")
+    if path.suffix == ".csv":
+        rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    elif path.suffix in (".jsonl", ".json"):
+        rows = pd.read_json(path, lines=path.suffix == ".jsonl", dtype=str)
+    else:
+        raise FeatsweepError(f"task.path={path}: use a .csv or .jsonl file.")
+    for column in (task_cfg.subject_column, task_cfg.answer_column):
+        if column not in rows.columns:
+            raise FeatsweepError(f"Task file {path} has no column '{column}' (columns: {list(rows.columns)}). "
+                                 "Set task.subject_column / task.answer_column.")
+    if len(rows) == 0:
+        raise FeatsweepError(f"Task file {path} has no rows.")
+    return rows.reset_index(drop=True)
+
+
+def _prompt(template: str, row: pd.Series, subject_column: str) -> str:
+    try:
+        return template.format(**row.to_dict(), subject=row[subject_column])
+    except KeyError as err:
+        raise FeatsweepError(f"task.template names {err} but the task has no such column.") from None
+
+
+def single_token_ids(model, words: list[str]) -> dict[str, int | None]:
+    """Token id of each word, or None where the tokenizer splits it."""
+    ids = {}
+    for word in words:
+        toks = model.to_tokens(word, prepend_bos=False)[0]
+        ids[word] = int(toks[0]) if len(toks) == 1 else None
+    return ids
+
+
+def shared_prefix_len(tokens: list[torch.Tensor]) -> int:
+    shortest = min(len(t) for t in tokens)
+    for pos in range(shortest):
+        if any(int(t[pos]) != int(tokens[0][pos]) for t in tokens[1:]):
+            return pos
+    return shortest - 1  # never treat the final (predicting) position as prefix
+
+
+def load_task(task_cfg, model, seed: int) -> Task:
+    """Build the task for ``model``'s tokenizer. Answers must each be one token."""
+    rows = read_task_rows(task_cfg)
+    rows["answer_text"] = task_cfg.answer_prefix + rows[task_cfg.answer_column].astype(str)
+    ids = single_token_ids(model, sorted(rows["answer_text"].unique()))
+    bad = sorted(word for word, tid in ids.items() if tid is None)
+    if bad:
+        if MultiTokenPolicy(task_cfg.on_multi_token) is MultiTokenPolicy.error:
+            raise FeatsweepError(
+                f"These answers are not a single token for this model's tokenizer: {[w for w in bad]}. "
+                "Fix the task file, or add task.on_multi_token=drop to drop those prompts."
+            )
+        rows = rows[~rows["answer_text"].isin(bad)].reset_index(drop=True)
+    answers = sorted(rows["answer_text"].unique())  # the answer set of the whole file, before any limit
+    if len(answers) < 2:
+        raise FeatsweepError("The task needs at least two distinct answers to form a logit difference.")
+    if task_cfg.limit is not None:
+        if task_cfg.limit < 2:
+            raise FeatsweepError(f"task.limit={task_cfg.limit}: keep at least 2 prompts.")
+        rows = rows.iloc[: task_cfg.limit].reset_index(drop=True)
+    # Seeded incorrect answer: uniform over the task's other answers (fixes the original's unseeded draw).
+    rng = np.random.default_rng(seed)
+    rows["incorrect_text"] = [rng.choice([a for a in answers if a != ans]) for ans in rows["answer_text"]]
+    prompts = [_prompt(task_cfg.template, row, task_cfg.subject_column) for _, row in rows.iterrows()]
+    tokens = [model.to_tokens(p, prepend_bos=True)[0].cpu() for p in prompts]
+    frame = pd.DataFrame({
+        "prompt": prompts,
+        "subject": rows[task_cfg.subject_column],
+        "answer": rows["answer_text"],
+        "incorrect": rows["incorrect_text"],
+        "correct_id": [ids[a] for a in rows["answer_text"]],
+        "incorrect_id": [ids[a] for a in rows["incorrect_text"]],
+        "n_tokens": [len(t) for t in tokens],
+    })
+    return Task(
+        frame=frame,
+        tokens=tokens,
+        correct_ids=torch.tensor(frame["correct_id"].to_numpy()),
+        incorrect_ids=torch.tensor(frame["incorrect_id"].to_numpy()),
+        answer_ids=torch.tensor([ids[a] for a in answers]),
+        contrast=Contrast(task_cfg.contrast),
+        prefix_len=shared_prefix_len(tokens),
+    )
+
+
+@torch.inference_mode()
+def baseline_performance(model, task: Task, batch_size: int = 32) -> pd.DataFrame:
+    """Per-prompt performance of the unmodified model."""
+    out = {name: np.zeros(task.n) for name in PERFORMANCE_COLUMNS}
+    device = model.cfg.device
+    for idx, tokens in tqdm(list(task.batches(batch_size)), desc="baseline", leave=False):
+        logits = model(tokens.to(device))[:, -1]
+        for name, value in task.performance(logits, idx).items():
+            out[name][idx] = value.cpu().numpy()
+    table = task.frame[["prompt", "subject", "answer", "incorrect"]].copy()
+    table.insert(0, "prompt_idx", np.arange(task.n))
+    for name in PERFORMANCE_COLUMNS:
+        table[name] = out[name]
+    table["rank"] = table["rank"].astype(int)
+    return table
+
+
+def task_stage(model, task: Task, batch_size: int) -> tuple[pd.DataFrame, StageResult]:
+    table = baseline_performance(model, task, batch_size)
+    result = StageResult(
+        metrics={
+            "task.n_prompts": float(task.n),
+            "task.accuracy": float((table["rank"] == 0).mean()),
+            "task.mean_prob": float(table["prob"].mean()),
+            "task.mean_rank": float(table["rank"].mean()),
+            "task.mean_top10_entropy": float(table["top10_entropy"].mean()),
+            "task.mean_logit_diff": float(table["logit_diff"].mean()),
+            "task.prefix_len": float(task.prefix_len),
+        },
+        tables={"tables/task_baseline.parquet": table},
+    )
+    return table, result

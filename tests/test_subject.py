@@ -1,0 +1,74 @@
+"""Loading the model and SAE: the offline error, fit checks, and random weights of GPT-2 small's shape."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+
+from featsweep.config import Device
+from featsweep.errors import FeatsweepError
+from featsweep.subject import check_fit, hook_layer, load_subject, neuronpedia_url, resolve_device
+from test_configs import compose_with
+
+
+def test_offline_gpt2_gives_one_clear_error_without_hanging():
+    cfg = compose_with(["experiment=seed"])
+    start = time.perf_counter()
+    with pytest.raises(FeatsweepError) as info:
+        load_subject(cfg)
+    message = str(info.value)
+    assert "cannot be reached" in message and "model.random_init=true" in message and "organism" in message
+    assert time.perf_counter() - start < 30  # a probe with a short timeout, not hub retries
+
+
+def test_offline_sae_gives_one_clear_error():
+    cfg = compose_with(["experiment=seed", "model.random_init=true"])
+    with pytest.raises(FeatsweepError, match="gpt2-small-res-jb/blocks.7.hook_resid_pre' is not in the Hugging Face cache"):
+        load_subject(cfg)
+
+
+def test_sae_that_does_not_fit_the_model(tiny_subject):
+    wide = StandardSAE(StandardSAEConfig(d_in=48, d_sae=64))
+    with pytest.raises(FeatsweepError, match="d_in=48 does not fit the model's d_model=32"):
+        check_fit(tiny_subject.model, wide, "blocks.1.hook_resid_pre")
+    with pytest.raises(FeatsweepError, match="needs block 7, but the model has 3 blocks"):
+        check_fit(tiny_subject.model, tiny_subject.sae, "blocks.7.hook_resid_pre")
+    with pytest.raises(FeatsweepError, match="hook_resid_pre"):
+        hook_layer("blocks.1.hook_mlp_out")
+
+
+def test_mixing_the_organism_sae_with_another_model_is_refused():
+    cfg = compose_with(["model=gpt2-small", "model.random_init=true"])
+    with pytest.raises(FeatsweepError, match="only fits the organism"):
+        load_subject(cfg)
+
+
+def test_unknown_sae_id_lists_the_choices():
+    cfg = compose_with(["experiment=seed", "model.random_init=true", "sae.random_init=true", "sae.sae_id=blocks.99.hook_resid_pre"])
+    with pytest.raises(FeatsweepError, match="blocks.7.hook_resid_pre"):
+        load_subject(cfg)
+
+
+def test_device_resolution():
+    assert resolve_device(Device.cpu) == "cpu"
+    assert resolve_device(Device.auto) == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FeatsweepError, match="device=auto"):
+            resolve_device(Device.cuda)
+
+
+def test_random_gpt2_small_shape_offline():
+    cfg = compose_with(["experiment=seed", "model.random_init=true", "sae.random_init=true"])
+    subject = load_subject(cfg)
+    model_cfg = subject.model.cfg
+    assert (model_cfg.n_layers, model_cfg.d_model, model_cfg.d_vocab) == (12, 768, 50257)
+    assert (subject.sae.cfg.d_in, subject.sae.cfg.d_sae) == (768, 24576)
+    assert subject.hook_name == "blocks.7.hook_resid_pre" and subject.layer == 7
+    assert subject.neuronpedia_id == "gpt2-small/7-res-jb"  # kept from the SAE Lens registry
+    assert neuronpedia_url(subject.neuronpedia_id, 5) == "https://www.neuronpedia.org/gpt2-small/7-res-jb/5"
+    again = load_subject(cfg)  # seeded: the same weights
+    assert torch.equal(subject.sae.W_dec, again.sae.W_dec)
+    assert torch.equal(subject.model.W_E, again.model.W_E)
