@@ -1,0 +1,125 @@
+"""Tests of the model organism (featsweep/organism).
+
+The card numbers are re-measured from the shipped weights, never copied; a
+micro organism is trained from scratch and loaded through the same path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from featsweep.organism import ASSETS_DIR, load_organism, measure_card
+from featsweep.organism.corpus import SPORTS, build_corpus, fact_task_athletes_in, load_task_athletes
+
+SHIPPED = (ASSETS_DIR / "model_card.json").exists()
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    if not SHIPPED:
+        pytest.skip("shipped organism assets are missing; run `python -m featsweep.organism.train`")
+    torch.manual_seed(0)
+    return load_organism()
+
+
+@pytest.fixture(scope="module")
+def remeasured(shipped):
+    model, sae, card = shipped
+    return measure_card(model, sae, card["hook_name"])
+
+
+def test_shipped_loads(shipped):
+    model, sae, card = shipped
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+    assert isinstance(model, HookedTransformer) and isinstance(sae, SAE)
+    assert card["hook_name"] == "blocks.2.hook_resid_pre"
+    assert model.cfg.n_layers >= 4
+    assert sae.cfg.d_in == model.cfg.d_model and sae.cfg.d_sae >= 8 * model.cfg.d_model
+    assert model.to_tokens("Fact: x")[0, 0].item() == model.tokenizer.bos_token_id
+    # the hook exists and the SAE fits it
+    _, cache = model.run_with_cache("Fact: Derek Jeter plays the sport of", names_filter=card["hook_name"])
+    assert cache[card["hook_name"]].shape[-1] == sae.cfg.d_in
+
+
+@pytest.mark.parametrize(
+    "key,tol",
+    [("task_accuracy", 1e-9), ("task_mean_prob", 1e-4), ("sae_explained_variance", 1e-4),
+     ("sae_mean_l0", 1e-3), ("sae_dead_fraction", 2e-3), ("n_features_active_ge90pct_task_prompts", 1)],
+)
+def test_card_is_remeasured(shipped, remeasured, key, tol):
+    card = json.loads((ASSETS_DIR / "model_card.json").read_text())
+    assert remeasured[key] == pytest.approx(card[key], abs=tol)
+
+
+def test_card_targets(remeasured):
+    # recomputed from the weights, not read from the card
+    assert 0.5 <= remeasured["task_accuracy"] <= 0.95
+    assert remeasured["sae_explained_variance"] >= 0.8
+    assert 3 <= remeasured["sae_mean_l0"] <= 64
+
+
+def test_card_records_provenance():
+    if not SHIPPED:
+        pytest.skip("no shipped card")
+    card = json.loads((ASSETS_DIR / "model_card.json").read_text())
+    for k in ("seed", "command", "final_train_loss", "train_wall_time_s", "d_model", "d_sae", "hook_name"):
+        assert k in card
+    assert card["command"].startswith("python -m featsweep.organism.train")
+
+
+def test_quick_train_from_scratch(tmp_path):
+    from featsweep.organism.train import main
+
+    t0 = time.time()
+    main(["--quick", "--out", str(tmp_path), "--seed", "1"])
+    assert time.time() - t0 < 60
+    model, sae, card = load_organism(tmp_path)
+    assert card["quick"] is True and card["hook_name"] == "blocks.2.hook_resid_pre"
+    assert card["assets_dir"] == str(tmp_path)
+    assert sae.cfg.d_in == model.cfg.d_model
+    logits = model("Fact: Derek Jeter plays the sport of")
+    assert logits.shape[-1] == model.cfg.d_vocab and torch.isfinite(logits).all()
+
+
+def test_sports_are_single_tokens(shipped):
+    model, _, _ = shipped
+    for s in SPORTS:
+        assert model.to_tokens(" " + s, prepend_bos=False).shape[-1] == 1, s
+    answers = {a for _, a in load_task_athletes()}
+    assert answers <= set(SPORTS)
+
+
+def test_fact_template_for_at_most_half_the_task_athletes():
+    corpus = build_corpus(seed=0)
+    names = [n for n, _ in load_task_athletes()]
+    seen = fact_task_athletes_in(corpus.training_sentences(), names)
+    assert seen == set(corpus.fact_task_names)
+    assert 0 < len(seen) <= len(names) // 2
+    assert len(corpus.athletes) >= 300 and len(corpus.meta["relations"]) >= 4
+    # held-out text is never trained on
+    train = set(corpus.training_sentences())
+    assert not (set(corpus.generic) & train) and not (set(corpus.heldout) & train)
+    # the same seed gives the same corpus
+    assert build_corpus(seed=0).docs == corpus.docs
+
+
+def test_shipped_corpus_meta_matches_generator():
+    if not SHIPPED:
+        pytest.skip("no shipped assets")
+    meta = json.loads((ASSETS_DIR / "corpus_meta.json").read_text())
+    corpus = build_corpus(seed=meta["seed"])
+    assert meta["fact_task_athletes"] == corpus.fact_task_names
+    assert len(meta["fact_task_athletes"]) <= meta["n_task_athletes"] // 2
+
+
+def test_missing_assets_give_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m featsweep.organism.train"):
+        load_organism(tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m featsweep.organism.train"):
+        load_organism(tmp_path / "nope")
