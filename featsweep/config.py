@@ -167,6 +167,10 @@ class ClusteringConfig:
     min_cluster_size: int = 10  # keep clusters with >= this many features (inclusive)
     n_null: int = 50  # permutation-null repeats
     n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
+    # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
+    # run). Community detection and betweenness grow superlinearly and run 1 + n_null + n_bootstrap times;
+    # a random SAE at GPT-2 shape has ~10k always-active features. null = no cap.
+    max_features: Optional[int] = 500
 
 
 @dataclass
@@ -181,7 +185,7 @@ class SteeringConfig:
     sampling: List[SetSampling] = field(
         default_factory=lambda: [SetSampling.within, SetSampling.between]
     )
-    batch_size: int = 256  # rows (conditions x prompts) per forward through the tail
+    batch_size: int = 1024  # rows (conditions x prompts) per forward through the tail
     engine: str = "fast"  # fast | reference
 
 

@@ -1,0 +1,165 @@
+"""Steering benchmark: the plain reference (one hooked full forward per condition) against the engine.
+
+Random weights of the GPT-2 small shape (12 layers, d_model 768, 12 heads, d_mlp 3072, vocab 50257,
+gelu_new, LayerNorm) with a random 768 -> 24576 SAE at blocks.7.hook_resid_pre; a task of random
+token ids (BOS + 11 tokens); single-feature conditions in negative mode, gen_max-like random scales.
+
+    python benchmarks/steering.py                      # 100 prompts, 50 conditions per approach
+    python benchmarks/steering.py --prompts 4 --conditions 2 --layers 2 --vocab 1000   # smoke test
+
+Prints the speed-up for positions=all and positions=last, the engine's achieved GFLOP/s (analytic
+count of the matmuls the engine does: blocks L.. + the final unembed; for positions=all) against a
+float32 matmul peak measured in the same process (at the start and again just before each engine run, since
+the machine may be shared; the JSON reports the best peak, the conservative choice), and, as its last line, JSON:
+{"speedup_all": x, "speedup_last": y, "engine_gflops": g, "matmul_peak_gflops": p}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from featsweep.config import Contrast, SteeringConfig  # noqa: E402
+from featsweep.steering import Condition, SteeringEngine, reference_run  # noqa: E402
+from featsweep.subject import Subject  # noqa: E402
+from featsweep.task import Task  # noqa: E402
+
+
+def build(args) -> tuple[Subject, Task]:
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(
+        n_layers=args.layers, d_model=args.d_model, n_heads=args.d_model // 64, d_head=64, d_mlp=4 * args.d_model,
+        d_vocab=args.vocab, n_ctx=1024, act_fn="gelu_new", normalization_type="LN",
+        positional_embedding_type="standard", original_architecture="GPT2LMHeadModel", device="cpu", seed=0,
+    )
+    model = HookedTransformer(cfg).eval()
+    sae = StandardSAE(StandardSAEConfig(d_in=args.d_model, d_sae=args.d_sae)).eval()
+    with torch.no_grad():
+        sae.W_dec.normal_()
+        sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
+    for p in list(model.parameters()) + list(sae.parameters()):
+        p.requires_grad_(False)
+    layer = min(7, args.layers - 1)
+    subject = Subject(model=model, sae=sae, hook_name=f"blocks.{layer}.hook_resid_pre", layer=layer, identity="bench")
+    gen = torch.Generator().manual_seed(1)
+    bos = args.vocab - 1
+    tokens = [torch.cat([torch.tensor([bos]), torch.randint(0, args.vocab - 1, (args.length - 1,), generator=gen)])
+              for _ in range(args.prompts)]
+    answers = torch.randint(0, args.vocab - 1, (8,), generator=gen).unique()
+    correct = answers[torch.randint(0, len(answers), (args.prompts,), generator=gen)]
+    incorrect = answers[(torch.searchsorted(answers, correct) + 1) % len(answers)]
+    frame = pd.DataFrame({"prompt": [f"p{i}" for i in range(args.prompts)], "correct_id": correct.numpy(),
+                          "incorrect_id": incorrect.numpy()})
+    task = Task(frame=frame, tokens=tokens, correct_ids=correct, incorrect_ids=incorrect, answer_ids=answers,
+                contrast=Contrast.random_other, prefix_len=1)
+    return subject, task
+
+
+def engine_flops(mcfg, layer: int, length: int, first: int, rows: int) -> float:
+    """Analytic FLOPs (2 per multiply-add) of the engine's matmuls for ``rows`` condition x prompt rows."""
+    d, h, dh, dm, V, n = mcfg.d_model, mcfg.n_heads, mcfg.d_head, mcfg.d_mlp, mcfg.d_vocab, mcfg.n_layers
+    q = length - first  # positions recomputed per row
+
+    def full(pos: int, keys: int) -> float:  # one block, `pos` query positions attending to `keys` keys
+        return 2 * pos * (4 * d * h * dh + 2 * d * dm) + 2 * 2 * pos * keys * h * dh
+
+    per_row = 0.0
+    for b in range(layer, n):
+        if b < n - 1 or q == 1:
+            per_row += full(q, length)
+        else:  # last block: q/k/v projections of the earlier positions, a full block for the last one
+            per_row += 2 * (q - 1) * 3 * d * h * dh + full(1, length)
+    per_row += 2 * d * V  # unembed of the final position
+    return per_row * rows
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=100)
+    parser.add_argument("--conditions", type=int, default=50)
+    parser.add_argument("--length", type=int, default=12, help="tokens per prompt, BOS included")
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--d-sae", type=int, default=24576)
+    parser.add_argument("--vocab", type=int, default=50257)
+    parser.add_argument("--batch-size", type=int, default=1024,
+                        help="engine rows (conditions x prompts) per forward (steering.batch_size); fewer, larger "
+                        "forwards cut per-op overhead on CPU")
+    parser.add_argument("--factor", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    subject, task = build(args)
+    rng = np.random.default_rng(0)
+    scales = rng.uniform(1.0, 10.0, args.d_sae)
+    feats = rng.choice(args.d_sae, size=args.conditions, replace=False)
+    conditions = [Condition((int(f),), args.factor) for f in feats]
+    mcfg = subject.model.cfg
+    print(f"model: {mcfg.n_layers} layers, d_model {mcfg.d_model}, vocab {mcfg.d_vocab}; SAE d_sae {args.d_sae} at "
+          f"{subject.hook_name}; {task.n} prompts x {args.length} tokens; {len(conditions)} conditions; "
+          f"{torch.get_num_threads()} threads", flush=True)
+
+    peak = matmul_peak()
+    print(f"matmul peak (float32, 2048^3): {peak:.1f} GFLOP/s", flush=True)
+    report, peaks = {}, [peak]
+    for positions in ("all", "last"):
+        cfg = SteeringConfig(mode="negative", scale="gen_max", positions=positions, factor=args.factor,
+                             batch_size=args.batch_size)
+        ref, t_ref = timed(lambda: reference_run(subject, task, cfg, scales, conditions))
+        peaks.append(matmul_peak())  # the machine is shared: also measure the peak next to the engine run
+        engine, t_init = timed(lambda: SteeringEngine(subject, task, cfg, scales))
+        eng, t_run = timed(lambda: engine.run(conditions, progress=False))
+        t_eng = t_init + t_run
+        err = float(np.abs(ref["logit_diff"] - eng["logit_diff"]).max())
+        first = 0 if positions == "all" else args.length - 1
+        flops = engine_flops(mcfg, subject.layer, args.length, first, len(conditions) * task.n)
+        gflops = flops / t_run / 1e9
+        report[positions] = dict(t_ref=t_ref, t_eng=t_eng, speedup=t_ref / t_eng, gflops=gflops, err=err)
+        print(f"positions={positions}: reference {t_ref:.2f} s ({t_ref / len(conditions) * 1e3:.0f} ms/condition), "
+              f"engine {t_eng:.2f} s (cache {t_init:.2f} s + run {t_run:.2f} s), speed-up {t_ref / t_eng:.1f}x, "
+              f"engine {gflops:.1f} GFLOP/s ({gflops / peaks[-1]:.0%} of the {peaks[-1]:.1f} GFLOP/s peak measured just "
+              f"before it), max |logit_diff error| {err:.1e}", flush=True)
+    result = {
+        "speedup_all": round(report["all"]["speedup"], 2),
+        "speedup_last": round(report["last"]["speedup"], 2),
+        "engine_gflops": round(report["all"]["gflops"], 1),
+        "matmul_peak_gflops": round(max(peaks), 1),  # conservative: the best of the peaks measured in this run
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Steering experiments: every kept feature alone (H3) and sampled feature sets (H2), plus the linear preview.
+
+Performance measure for H2/H3: the MEAN CORRECT-TOKEN PROBABILITY over the task's prompts after steering
+(the blog's main metric; lower = the steered features mattered more). Per-prompt tables keep every
+metric (prob, rank, logit, top-10 entropy, logit difference) and its drop from the baseline
+(``drop_<metric> = baseline - steered``; for rank and entropy a negative drop means worse).
+
+Set sampling (``steering.sampling``; seeded ``numpy.random.Generator(seed)``):
+
+* ``within``: all ``n`` features from one kept cluster. Samples rotate through the kept clusters (in a
+  seeded order), so every cluster gets the same number of sets (+-1). Every kept cluster must be able to
+  supply ``n`` distinct features: ``n`` larger than the smallest kept cluster is an error.
+* ``between``: the ``n`` slots are spread over the kept clusters as evenly as possible (the blog's
+  balanced representation): slot ``j`` of sample ``s`` goes to the cluster at ``s*n + j`` of a seeded
+  cyclic order. With ``n <= K`` kept clusters a set has ``n`` distinct clusters and, over the samples,
+  every cluster appears equally often; with ``n > K`` (allowed) clusters contribute ``floor(n/K)`` or
+  ``ceil(n/K)`` features each. It needs at least two kept clusters, otherwise it is skipped (tagged).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from featsweep.config import SetSampling, SteeringMode
+from featsweep.errors import FeatsweepError
+from featsweep.results import StageResult
+from featsweep.steering import (Condition, SteeringEngine, _enum, mean_activations, reference_run,
+                                steering_scales)
+from featsweep.task import PERFORMANCE_COLUMNS
+
+log = logging.getLogger(__name__)
+
+SINGLE_TABLE = "tables/steering_single.parquet"
+FEATURES_TABLE = "tables/steering_features.parquet"
+SETS_TABLE = "tables/steering_sets.parquet"
+H3_PERFORMANCE = "mean_prob"
+
+
+def validate_set_sizes(set_sizes, samples_per_size: int) -> list[int]:
+    sizes = [int(n) for n in set_sizes]
+    bad = [n for n in sizes if n < 1]
+    if bad:
+        raise FeatsweepError(f"steering.set_sizes={sizes} has sizes below 1 ({bad}): a set needs at least one "
+                             "feature. Use positive sizes, e.g. steering.set_sizes=[1,2,3,4].")
+    if int(samples_per_size) < 1:
+        raise FeatsweepError(f"steering.samples_per_size={samples_per_size}: draw at least one set per size.")
+    return list(dict.fromkeys(sizes))
+
+
+def sample_sets(clusters: dict[int, list[int]], set_sizes, samples_per_size: int, samplings,
+                rng: np.random.Generator) -> list[dict]:
+    """Draw the feature sets (see the module docstring). ``clusters``: kept cluster -> its features.
+    Returns records with sampling, size, sample, features (sorted tuple) and clusters (sorted tuple)."""
+    sizes = validate_set_sizes(set_sizes, samples_per_size)
+    samplings = [_enum(s, SetSampling) for s in samplings]
+    kept = sorted(clusters)
+    if not kept:
+        raise FeatsweepError("No kept cluster to sample feature sets from.")
+    smallest = min(kept, key=lambda c: len(clusters[c]))
+    records = []
+    for sampling in samplings:
+        if sampling is SetSampling.between and len(kept) < 2:
+            continue
+        for n in sizes:
+            if sampling is SetSampling.within and n > len(clusters[smallest]):
+                raise FeatsweepError(
+                    f"steering.set_sizes has n={n}, but kept cluster {smallest} has only {len(clusters[smallest])} "
+                    f"features, so within-cluster sampling cannot draw {n} distinct features from every kept cluster. "
+                    f"Use set sizes <= {len(clusters[smallest])} or raise clustering.min_cluster_size.")
+            if sampling is SetSampling.between:
+                need = -(-n // len(kept))
+                if need > len(clusters[smallest]):
+                    raise FeatsweepError(
+                        f"steering.set_sizes has n={n}: balanced between-cluster sampling over {len(kept)} kept "
+                        f"clusters needs {need} features from each, but cluster {smallest} has "
+                        f"{len(clusters[smallest])}. Use smaller set sizes.")
+            order = [kept[i] for i in rng.permutation(len(kept))]
+            for s in range(int(samples_per_size)):
+                if sampling is SetSampling.within:
+                    counts = {order[s % len(kept)]: n}
+                else:
+                    counts: dict[int, int] = {}
+                    for j in range(n):
+                        c = order[(s * n + j) % len(kept)]
+                        counts[c] = counts.get(c, 0) + 1
+                feats = []
+                for c, k in counts.items():
+                    feats += [int(f) for f in rng.choice(np.asarray(clusters[c]), size=k, replace=False)]
+                records.append(dict(sampling=sampling.value, size=n, sample=s, features=tuple(sorted(feats)),
+                                    clusters=tuple(sorted(counts))))
+    return records
+
+
+def mean_pairwise_corr(features, corr: Optional[pd.DataFrame]) -> float:
+    """Mean correlation over the set's feature pairs (from ``network.corr``); NaN for one feature."""
+    features = list(features)
+    if len(features) < 2 or corr is None:
+        return float("nan")
+    values = []
+    for i, a in enumerate(features):
+        for b in features[i + 1:]:
+            values.append(corr.loc[a, b] if a in corr.index and b in corr.columns else np.nan)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def _pearson(x, y) -> float:
+    x, y = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(x[ok], y[ok])[0, 1])
+
+
+def steering_stage(subject, task, attrs, network, baseline: pd.DataFrame, gen_max: Optional[np.ndarray], cfg,
+                   seed: int) -> StageResult:
+    """Single-feature (H3) and feature-set (H2) experiments at this job's ``steering.factor``."""
+    from featsweep import plots
+    from featsweep.stats import CENTRALITIES, adjust_pvalues, centrality_regression, compare_within_between
+
+    sizes = validate_set_sizes(cfg.set_sizes, cfg.samples_per_size)
+    if network is None or not list(network.kept_clusters):
+        return StageResult(skip_reason="steering skipped: the network stage kept no cluster. Lower "
+                                       "clustering.min_cluster_size or clustering.threshold, or select more features.")
+    t0 = time.perf_counter()
+    kept = [int(c) for c in network.kept_clusters]
+    table = network.features
+    table = table[table["cluster"].isin(kept)].copy()
+    table["feature"] = table["feature"].astype(int)
+    clusters = {c: table.loc[table["cluster"] == c, "feature"].tolist() for c in kept}
+    rng = np.random.default_rng(seed)
+    sets = sample_sets(clusters, sizes, cfg.samples_per_size, cfg.sampling, rng)
+
+    mode = _enum(cfg.mode, SteeringMode)
+    scales = steering_scales(cfg.scale, subject.d_sae, gen_max, attrs)
+    mean_acts = mean_activations(subject, task) if mode is SteeringMode.mean_ablate else None
+    factor = float(cfg.factor)
+    singles = [Condition((f,), factor) for f in table["feature"]]
+    set_conds = [Condition(r["features"], factor / len(r["features"]) if cfg.normalize_by_set_size else factor)
+                 for r in sets]
+    engine = SteeringEngine(subject, task, cfg, scales, mean_acts)
+    if str(cfg.engine) == "reference":
+        perf = reference_run(subject, task, cfg, scales, singles + set_conds, mean_acts, progress=True)
+    elif str(cfg.engine) == "fast":
+        perf = engine.run(singles + set_conds)
+    else:
+        raise FeatsweepError(f"steering.engine={cfg.engine}: choose fast or reference.")
+    n_single = len(singles)
+
+    base = baseline.set_index("prompt_idx").loc[np.arange(task.n)]
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {"steering.h3_performance": "mean correct-token probability over prompts"}
+
+    # ---- single features: per feature x prompt ------------------------------------------------------
+    F, N = n_single, task.n
+    single = pd.DataFrame({
+        "feature": np.repeat(table["feature"].to_numpy(), N),
+        "cluster": np.repeat(table["cluster"].to_numpy(), N),
+        "prompt_idx": np.tile(np.arange(N), F),
+    })
+    for name in PERFORMANCE_COLUMNS:
+        steered = perf[name][:n_single]
+        single[name] = steered.ravel()
+        single[f"drop_{name}"] = (base[name].to_numpy()[None, :] - steered).ravel()
+    single["rank"] = single["rank"].round().astype(int)
+    exact = perf["logit_diff"][:n_single] - base["logit_diff"].to_numpy()[None, :]
+    single["exact_delta_logit_diff"] = exact.ravel()
+    grads = getattr(attrs, "resid_grad", None) if attrs is not None else None
+    if grads is not None and len(grads) == task.n and all(g is not None for g in grads):
+        linear = engine.linear_preview(singles, grads)
+        single["linear_delta_logit_diff"] = linear.ravel()
+        r = _pearson(linear, exact)
+    else:
+        single["linear_delta_logit_diff"] = np.nan
+        linear, r = None, float("nan")
+        tags["steering.linear_preview"] = "skipped: the attributions carry no resid_grad"
+    metrics["steering.linear_vs_exact_r"] = r
+
+    per_feature = single.groupby("feature", sort=False).agg(
+        mean_prob=("prob", "mean"), mean_drop_prob=("drop_prob", "mean"), mean_logit_diff=("logit_diff", "mean"),
+        mean_exact_delta_logit_diff=("exact_delta_logit_diff", "mean"),
+        mean_linear_delta_logit_diff=("linear_delta_logit_diff", "mean")).reset_index()
+    keep_cols = [c for c in ["feature", "cluster", *CENTRALITIES, "mean_abs", "gen_max_activation"] if c in table.columns]
+    per_feature = table[keep_cols].merge(per_feature, on="feature", how="left")
+    per_feature["scale"] = scales[per_feature["feature"].to_numpy()]
+
+    # ---- H3: performance against centrality ------------------------------------------------------------
+    fits = {}
+    covariate = per_feature["mean_abs"] if "mean_abs" in per_feature else None
+    for cent in CENTRALITIES:
+        if cent not in per_feature:
+            fits[cent] = dict(slope=np.nan, intercept=np.nan, r2=np.nan, p=np.nan, p_partial=np.nan)
+            continue
+        fits[cent] = centrality_regression(per_feature[H3_PERFORMANCE], per_feature[cent], covariate)
+    p_adj = adjust_pvalues([fits[c]["p"] for c in CENTRALITIES], "bonferroni")
+    for cent, padj in zip(CENTRALITIES, p_adj):
+        for key in ("slope", "intercept", "r2", "p", "p_partial"):
+            metrics[f"h3.{cent}.{key}"] = float(fits[cent][key])
+        metrics[f"h3.{cent}.p_adj"] = float(padj)
+
+    # ---- feature sets and H2 ---------------------------------------------------------------------------
+    rows = []
+    for k, rec in enumerate(sets):
+        cond = set_conds[k]
+        row = dict(set_id=k, sampling=rec["sampling"], size=rec["size"], sample=rec["sample"],
+                   features=",".join(map(str, rec["features"])), clusters=",".join(map(str, rec["clusters"])),
+                   n_clusters=len(rec["clusters"]), factor=cond.factor,
+                   mean_corr=mean_pairwise_corr(rec["features"], getattr(network, "corr", None)))
+        for name in PERFORMANCE_COLUMNS:
+            values = perf[name][n_single + k]
+            row[name] = float(values.mean())
+            row[f"drop_{name}"] = float((base[name].to_numpy() - values).mean())
+        rows.append(row)
+    set_cols = ["set_id", "sampling", "size", "sample", "features", "clusters", "n_clusters", "factor", "mean_corr",
+                *PERFORMANCE_COLUMNS, *[f"drop_{n}" for n in PERFORMANCE_COLUMNS]]
+    sets_df = pd.DataFrame(rows, columns=set_cols)
+    within = sets_df[sets_df["sampling"] == "within"]
+    between = sets_df[sets_df["sampling"] == "between"]
+    if len(within):
+        metrics["h2.within.mean_prob"] = float(within["prob"].mean())
+    if len(between):
+        metrics["h2.between.mean_prob"] = float(between["prob"].mean())
+    if len(within) and len(between):
+        overall = compare_within_between(within["prob"], between["prob"])
+        metrics["h2.p"], metrics["h2.effect_size"] = overall["p"], overall["effect_size"]
+        size_p = []
+        for n in sizes:
+            res = compare_within_between(within.loc[within["size"] == n, "prob"], between.loc[between["size"] == n, "prob"])
+            metrics[f"h2.size{n}.within_mean_prob"] = res["within_mean"]
+            metrics[f"h2.size{n}.between_mean_prob"] = res["between_mean"]
+            metrics[f"h2.size{n}.p"] = res["p"]
+            metrics[f"h2.size{n}.effect_size"] = res["effect_size"]
+            size_p.append(res["p"])
+        for n, padj in zip(sizes, adjust_pvalues(size_p, "bonferroni")):
+            metrics[f"h2.size{n}.p_adj"] = float(padj)
+        tags["steering.h2_test"] = "two-sided Mann-Whitney U; effect size rank-biserial (>0: within keeps more prob)"
+    else:
+        tags["steering.h2"] = ("skipped: needs both within and between sets (between needs >= 2 kept clusters; "
+                               f"kept {len(kept)}; steering.sampling={[str(_enum(s, SetSampling).value) for s in cfg.sampling]})")
+
+    metrics.update({
+        "steering.n_features": float(F),
+        "steering.n_sets": float(len(sets_df)),
+        "steering.n_kept_clusters": float(len(kept)),
+        "steering.single.mean_prob": float(single["prob"].mean()),
+        "steering.single.mean_drop_prob": float(single["drop_prob"].mean()),
+        "steering.seconds": time.perf_counter() - t0,
+    })
+
+    base_prob = float(base["prob"].mean())
+    figures = {
+        "plots/steering_performance_vs_centrality.png": plots.plot_performance_vs_centrality(
+            per_feature, fits, H3_PERFORMANCE, [c for c in CENTRALITIES if c in per_feature], kept,
+            title=f"performance against centrality (H3), factor {factor:g}"),
+        "plots/steering_within_vs_between.png": plots.plot_within_between(
+            sets_df, "prob", base_prob, title=f"within vs between clusters (H2), factor {factor:g}"),
+        "plots/steering_cluster_breakdown.png": plots.plot_cluster_breakdown(per_feature, sets_df, kept),
+    }
+    if linear is not None:
+        figures["plots/steering_linear_vs_exact.png"] = plots.plot_linear_vs_exact(linear, exact, r)
+    return StageResult(
+        metrics=metrics,
+        tables={SINGLE_TABLE: single, FEATURES_TABLE: per_feature, SETS_TABLE: sets_df},
+        figures=figures,
+        tags=tags,
+    )
