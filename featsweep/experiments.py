@@ -248,8 +248,9 @@ def steering_stage(subject, task, attrs, network, baseline: pd.DataFrame, gen_ma
         "steering.n_kept_clusters": float(len(kept)),
         "steering.single.mean_prob": float(single["prob"].mean()),
         "steering.single.mean_drop_prob": float(single["drop_prob"].mean()),
-        "steering.seconds": time.perf_counter() - t0,
     })
+    # wall time is a tag, not a metric: metrics are results, and a rerun must reproduce them exactly
+    tags["featsweep.steering_seconds"] = f"{time.perf_counter() - t0:.2f}"
 
     base_prob = float(base["prob"].mean())
     figures = {

@@ -217,3 +217,32 @@ def plot_linear_vs_exact(linear, exact, r: float, title: str = ""):
     ax.set_title(title or f"linear preview against exact (r={r:.2f})")
     fig.tight_layout()
     return fig
+
+
+# ---- sweep (compare) figures ------------------------------------------------------------
+
+
+def metric_vs_dimension(table: pd.DataFrame, dimension: str, metric: str):
+    """One hypothesis metric across the values of one swept dimension (one point per run)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    data = table[[dimension, metric]].dropna()
+    numeric = pd.api.types.is_numeric_dtype(data[dimension])
+    if numeric:
+        means = data.groupby(dimension)[metric].mean()
+        ax.plot(means.index, means.values, "-", color="grey", alpha=0.6)
+        ax.scatter(data[dimension], data[metric], zorder=3)
+        if data[dimension].min() > 0 and data[dimension].max() / data[dimension].min() >= 20:
+            ax.set_xscale("log")
+    else:
+        labels = sorted(data[dimension].astype(str).unique())
+        positions = data[dimension].astype(str).map({label: i for i, label in enumerate(labels)})
+        ax.scatter(positions, data[metric], zorder=3)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    if metric.endswith((".p", ".p_partial", "p_adj")):
+        ax.axhline(0.05, color="red", lw=0.8, ls="--", label="0.05")
+        ax.legend(frameon=False)
+    ax.set_xlabel(dimension)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs {dimension}", fontsize=9)
+    fig.tight_layout()
+    return fig
