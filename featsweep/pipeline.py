@@ -116,17 +116,17 @@ class Runner:
             self.job.tag(f"featsweep.{key}", value)
         task = load_task(cfg.task, subject.model, cfg.seed)
         resolved = to_container(cfg)
-        task_key = cache_key("task", subject=subject.identity, task=resolved["task"], seed=cfg.seed)
+        task_key = cache_key("task", subject=subject.identity, task=resolved["task"], seed=cfg.seed, device=str(subject.model.cfg.device))
         metrics: dict[str, float] = {}
 
         baseline = None
-        if self.needs(Stage.task) and (Stage.task in self.stages or Stage.steering in self.stages):
+        if Stage.task in self.stages or Stage.steering in self.stages:  # steering measures drops from it
             baseline, result = task_stage(subject.model, task, cfg.task.batch_size)
             if Stage.task in self.stages:
                 self.log("task", result)
                 metrics.update(result.metrics)
 
-        if not self.needs(Stage.attribution) or (self.stages == [Stage.task]):
+        if not self.needs(Stage.attribution):
             return metrics
         from featsweep.attribution import attribution_stage, max_activations
 
@@ -164,8 +164,6 @@ class Runner:
 
         from featsweep.experiments import steering_stage
 
-        if baseline is None:
-            raise FeatsweepError("The steering stage needs the task baseline: add task to stages=[...].")
         result = steering_stage(subject, task, attrs, network, baseline, gen_max, cfg.steering, cfg.seed)
         self.log("steering", result)
         metrics.update(result.metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,9 @@ def load_organism(
     model.to(device)
     model.eval()
 
-    sae = SAE.load_from_disk(str(assets / SAE_DIR), device=device, dtype=str(dtype).replace("torch.", ""))
+    with warnings.catch_warnings():  # the organism is a plain HookedTransformer; SAE Lens's hint does not apply
+        warnings.filterwarnings("ignore", message=".*model_from_pretrained_kwargs.*")
+        sae = SAE.load_from_disk(str(assets / SAE_DIR), device=device, dtype=str(dtype).replace("torch.", ""))
     sae.eval()
 
     card: dict[str, Any] = {}
