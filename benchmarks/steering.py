@@ -111,9 +111,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--d-model", type=int, default=768)
     parser.add_argument("--d-sae", type=int, default=24576)
     parser.add_argument("--vocab", type=int, default=50257)
-    parser.add_argument("--batch-size", type=int, default=1024,
-                        help="engine rows (conditions x prompts) per forward (steering.batch_size); fewer, larger "
-                        "forwards cut per-op overhead on CPU")
+    parser.add_argument("--batch-size", type=int, default=SteeringConfig.batch_size,
+                        help="engine rows (conditions x prompts) per forward (steering.batch_size, the config default)")
     parser.add_argument("--factor", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)

@@ -185,7 +185,7 @@ class SteeringConfig:
     sampling: List[SetSampling] = field(
         default_factory=lambda: [SetSampling.within, SetSampling.between]
     )
-    batch_size: int = 1024  # rows (conditions x prompts) per forward through the tail
+    batch_size: int = 128  # rows (conditions x prompts) per forward through the tail; ~1-2k tokens stay in CPU cache
     engine: str = "fast"  # fast | reference
 
 
