@@ -34,6 +34,7 @@ def is_p_value(column: str) -> bool:
 def collect_runs(client, experiment_ids: list[str], parent: Optional[str] = None, filter_string: str = "") -> pd.DataFrame:
     import mlflow
 
+    mlflow.set_tracking_uri(client.tracking_uri)  # search_runs reads the global URI: point it at this store
     clauses = [f"tags.`mlflow.parentRunId` = '{parent}'"] if parent else []
     if filter_string:
         clauses.append(filter_string)
@@ -122,7 +123,6 @@ def find_sweep_parent(client, experiment_ids: list[str], sweep_dir: str) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from mlflow.tracking import MlflowClient
 
     parser = argparse.ArgumentParser(prog="python -m featsweep.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
@@ -134,14 +134,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--tracking-experiment", default="featsweep", help="experiment holding the sweep (with --parent/--sweep)")
     parser.add_argument("--out", default=None, help="output folder (default: ./compare/<parent or experiment>)")
     args = parser.parse_args(argv)
-    import mlflow
-
     from featsweep.tracking import client_for
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:
         client = client_for(args.uri)
-        mlflow.set_tracking_uri(args.uri)
         name = args.experiment or args.tracking_experiment
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

@@ -94,10 +94,9 @@ class Runner:
             self.job.tag("featsweep.skip_reason", result.skip_reason)
             log.warning("Later stages skipped: %s", result.skip_reason)
 
-    def needs(self, *stages: Stage) -> bool:
-        """Whether any of ``stages`` or a stage after them is wanted."""
-        first = min(ORDER.index(s) for s in stages)
-        return any(ORDER.index(s) >= first for s in self.stages)
+    def needs(self, stage: Stage) -> bool:
+        """Whether ``stage`` or a stage after it is wanted (so its output is needed)."""
+        return any(ORDER.index(s) >= ORDER.index(stage) for s in self.stages)
 
     def skip(self, stage: Stage) -> bool:
         if self.skip_reason and stage in self.stages:

@@ -59,7 +59,7 @@ class Subject:
 
     @property
     def device(self) -> torch.device:
-        return self.model.cfg.device if isinstance(self.model.cfg.device, torch.device) else torch.device(self.model.cfg.device)
+        return torch.device(self.model.cfg.device)
 
 
 def resolve_device(device: Device | str) -> str:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -91,7 +90,6 @@ def test_interrupted_multirun_resumes_with_only_the_missing_jobs(tmp_path):
     import sys
     import time
 
-    from conftest import REPO
 
     args = [sys.executable, "-m", "featsweep", "-m", *QUICK, "task.limit=6,7,8"]
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")

@@ -90,7 +90,7 @@ def load_organism(
     model.eval()
 
     with warnings.catch_warnings():  # the organism is a plain HookedTransformer; SAE Lens's hint does not apply
-        warnings.filterwarnings("ignore", message=".*model_from_pretrained_kwargs.*")
+        warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
         sae = SAE.load_from_disk(str(assets / SAE_DIR), device=device, dtype=str(dtype).replace("torch.", ""))
     sae.eval()
 
