@@ -90,33 +90,31 @@ def test_interrupted_multirun_resumes_with_only_the_missing_jobs(tmp_path):
     import sys
     import time
 
-
-    args = [sys.executable, "-m", "featsweep", "-m", *QUICK, "task.limit=6,7,8"]
+    # Whole-pipeline jobs take seconds each, so the sweep can be caught between its first and second job.
+    sweep = ["-m", "task.limit=60,70,80"]
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "featsweep", *sweep], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     finished = 0
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if (tmp_path / "mlflow.db").exists():
-            try:
-                runs = mlflow_runs(tmp_path)
-            except Exception:  # store still being created
-                continue
+    while time.time() < deadline and proc.poll() is None and finished < 1:
+        time.sleep(0.3)
+        # read the store only once the sweep has created it (two first users of SQLite race)
+        if list(tmp_path.glob("multirun/*/*/.featsweep_parent_run_id")):
+            runs = mlflow_runs(tmp_path)
             if "tags.mlflow.parentRunId" in runs:
                 finished = int(((runs["status"] == "FINISHED") & runs["tags.mlflow.parentRunId"].notna()).sum())
-            if finished >= 1:
-                break
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)  # interrupt the sweep part-way
     proc.wait()
     assert finished == 1, "the sweep should have been interrupted after its first job"
 
-    again = run_featsweep(tmp_path, "-m", *QUICK, "task.limit=6,7,8")
+    again = run_featsweep(tmp_path, *sweep)
     assert again.returncode == 0, again.stderr[-3000:]
     runs = mlflow_runs(tmp_path)
     jobs = runs[runs["tags.mlflow.parentRunId"].notna()]
     done = jobs[jobs["status"] == "FINISHED"]
-    assert sorted(done["params.task.limit"]) == ["6", "7", "8"]  # each config finished exactly once
+    assert sorted(done["params.task.limit"]) == ["60", "70", "80"]  # each config finished exactly once
     assert done["tags.featsweep.config_hash"].is_unique
     second_parent = runs[runs["tags.featsweep.role"] == "sweep"].sort_values("start_time").iloc[-1]
     assert len(done[done["tags.mlflow.parentRunId"] == second_parent["run_id"]]) == 2  # only the missing jobs ran
