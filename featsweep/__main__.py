@@ -38,7 +38,16 @@ def main(cfg: DictConfig) -> None:
         raise
     if "skipped_for" in outcome:
         log.info("Skipped: this config already FINISHED as run %s (tracking.skip_finished=false reruns it).", outcome["skipped_for"])
+        return None
+    metrics = outcome["metrics"]
+    headline = [k for k in HEADLINE if k in metrics]
+    log.info("Run %s finished: %s", outcome["run_id"], ", ".join(f"{k}={metrics[k]:.4g}" for k in headline))
+    log.info("Browse it with: mlflow ui --backend-store-uri %s", cfg.tracking.uri)
     return None
+
+
+HEADLINE = ["task.accuracy", "task.mean_prob", "network.n_edges", "h1.null_edges_mean", "network.n_kept_clusters",
+            "h1.bootstrap_ari_mean", "h2.p", "h3.betweenness.p", "steering.linear_vs_exact_r"]
 
 
 if __name__ == "__main__":
