@@ -29,7 +29,7 @@ import pandas as pd
 from featsweep.config import SetSampling, SteeringMode
 from featsweep.errors import FeatsweepError
 from featsweep.results import StageResult
-from featsweep.steering import (Condition, SteeringEngine, _enum, mean_activations, reference_run,
+from featsweep.steering import (Condition, SteeringEngine, _enum, mean_activations, run_conditions,
                                 steering_scales)
 from featsweep.task import PERFORMANCE_COLUMNS
 
@@ -142,13 +142,8 @@ def steering_stage(subject, task, attrs, network, baseline: pd.DataFrame, gen_ma
     singles = [Condition((f,), factor) for f in table["feature"]]
     set_conds = [Condition(r["features"], factor / len(r["features"]) if cfg.normalize_by_set_size else factor)
                  for r in sets]
-    engine = SteeringEngine(subject, task, cfg, scales, mean_acts)
-    if str(cfg.engine) == "reference":
-        perf = reference_run(subject, task, cfg, scales, singles + set_conds, mean_acts, progress=True)
-    elif str(cfg.engine) == "fast":
-        perf = engine.run(singles + set_conds)
-    else:
-        raise FeatsweepError(f"steering.engine={cfg.engine}: choose fast or reference.")
+    engine = SteeringEngine(subject, task, cfg, scales, mean_acts)  # also serves the linear preview
+    perf = run_conditions(subject, task, cfg, scales, singles + set_conds, mean_acts, engine=engine)
     n_single = len(singles)
 
     base = baseline.set_index("prompt_idx").loc[np.arange(task.n)]

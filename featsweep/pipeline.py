@@ -64,8 +64,9 @@ def _thaw_files(result: StageResult, frozen: dict[str, bytes], out_dir: Path) ->
 class Runner:
     """Holds one job's state while its stages run."""
 
-    def __init__(self, cfg: DictConfig, job: JobRun):
+    def __init__(self, cfg: DictConfig, resolved: dict, job: JobRun):
         self.cfg = cfg
+        self.resolved = resolved
         self.job = job
         self.stages = [Stage(s) for s in cfg.stages]
         self.cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
@@ -114,7 +115,7 @@ class Runner:
         for key, value in subject.notes.items():
             self.job.tag(f"featsweep.{key}", value)
         task = load_task(cfg.task, subject.model, cfg.seed)
-        resolved = to_container(cfg)
+        resolved = self.resolved
         task_key = cache_key("task", subject=subject.identity, task=resolved["task"], seed=cfg.seed, device=str(subject.model.cfg.device))
         metrics: dict[str, float] = {}
 
@@ -176,5 +177,5 @@ def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
         if job.skipped_for:
             return {"skipped_for": job.skipped_for}
         validate(cfg)
-        metrics = Runner(cfg, job).run()
+        metrics = Runner(cfg, resolved, job).run()
         return {"run_id": job.run_id, "metrics": metrics}

@@ -406,10 +406,13 @@ class SteeringEngine:
         return out
 
 
-def run_conditions(subject, task, cfg, scales, conditions, mean_acts=None, progress: bool = True) -> dict[str, np.ndarray]:
-    """Dispatch on ``steering.engine``: ``fast`` (the engine) or ``reference`` (one hooked pass per condition)."""
+def run_conditions(subject, task, cfg, scales, conditions, mean_acts=None, progress: bool = True,
+                   engine: Optional[SteeringEngine] = None) -> dict[str, np.ndarray]:
+    """Dispatch on ``steering.engine``: ``fast`` (the engine; pass one already built to reuse its cache)
+    or ``reference`` (one hooked pass per condition)."""
     if str(getattr(cfg, "engine", "fast")) == "reference":
         return reference_run(subject, task, cfg, scales, conditions, mean_acts, progress=progress)
     if str(getattr(cfg, "engine", "fast")) != "fast":
         raise FeatsweepError(f"steering.engine={cfg.engine}: choose fast or reference.")
-    return SteeringEngine(subject, task, cfg, scales, mean_acts).run(conditions, progress=progress)
+    engine = engine or SteeringEngine(subject, task, cfg, scales, mean_acts)
+    return engine.run(conditions, progress=progress)
