@@ -9,9 +9,11 @@ import sys
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from featsweep.config import register_configs  # noqa: E402
+from featsweep.config import checked, register_configs  # noqa: E402
 from featsweep.errors import FeatsweepError  # noqa: E402
 
 register_configs()
@@ -20,6 +22,19 @@ log = logging.getLogger("featsweep")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    try:
+        checked(cfg)  # every value check, before the heavy imports: a bad value fails in about a second
+    except FeatsweepError as err:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # the sweep goes on; its end counts this job as failed
+            from featsweep.sweep import record_failed_job
+
+            log.error("%s", err)
+            record_failed_job(hydra_cfg.sweep.dir, hydra_cfg.job.num, str(err))
+            return None
+        print(f"featsweep: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    # torch, MLflow and TransformerLens take seconds to import: only once the config is known to be good
     from featsweep import pipeline
     from featsweep.tracking import is_multirun
 

@@ -196,47 +196,15 @@ def attribution_matrix(attrs: Attributions, cfg: AttributionConfig) -> pd.DataFr
     return select_features(matrix, cfg.selection, cfg.min_fraction, cfg.top_k)
 
 
-def max_activations(subject, texts: list[str], batch_size: int = 16, progress: bool = True) -> np.ndarray:
-    """Each feature's max SAE activation over ``texts`` ([d_sae]), the BOS position excluded.
+@dataclass
+class AttributionOutput:
+    """What the attribution stage hands to the later stages."""
 
-    Texts are right-padded within a batch; causal attention means padding cannot change earlier positions,
-    and padded positions are masked out.
-    """
-    model, sae = subject.model, subject.sae
-    out = torch.zeros(subject.d_sae, dtype=torch.float32)
-    if not texts:
-        return out.numpy()
-    n_ctx = int(model.cfg.n_ctx)
-    tokens = [model.to_tokens(text, prepend_bos=True)[0][:n_ctx].cpu() for text in texts]
-    order = np.argsort([len(t) for t in tokens], kind="stable")
-    captured: dict = {}
-
-    def grab(x, hook=None):
-        captured["x"] = x
-        return x
-
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc="gen max activations", leave=False,
-                          disable=not progress):
-            chunk = [tokens[i] for i in order[start : start + batch_size]]
-            lengths = torch.tensor([len(t) for t in chunk])
-            if int(lengths.max()) < 2:
-                continue  # only BOS: nothing to count
-            batch = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)
-            for row, toks in enumerate(chunk):
-                batch[row, : len(toks)] = toks
-                batch[row, len(toks):] = toks[-1]
-            model.run_with_hooks(batch.to(subject.device), fwd_hooks=[(subject.hook_name, grab)],
-                                 stop_at_layer=subject.layer + 1)
-            acts = sae.encode(captured["x"]).float().cpu()  # [b, T, d_sae]
-            positions = torch.arange(batch.shape[1])
-            valid = (positions[None, :] >= 1) & (positions[None, :] < lengths[:, None])
-            acts = acts.masked_fill(~valid[..., None], 0.0)
-            out = torch.maximum(out, acts.amax(dim=(0, 1)))
-    return out.numpy()
+    attrs: Attributions  # the long (prompt, position, feature) table and the residual gradients
+    matrix: pd.DataFrame  # prompts x selected features, aggregated over positions
 
 
-def attribution_stage(subject, task, cfg: AttributionConfig) -> tuple[Attributions, pd.DataFrame, StageResult]:
+def attribution_stage(subject, task, cfg: AttributionConfig) -> tuple[AttributionOutput, StageResult]:
     """Compute, aggregate and select; log the long table. Sets ``skip_reason`` when no feature survives."""
     attrs = compute_attributions(subject, task, cfg.batch_size)
     full = aggregated_matrix(attrs, cfg.aggregation, cfg.exclude_prefix)
@@ -273,4 +241,4 @@ def attribution_stage(subject, task, cfg: AttributionConfig) -> tuple[Attributio
         result.skip_reason = reason
         result.tags["attribution.skip_reason"] = reason
         log.warning(reason)
-    return attrs, matrix, result
+    return AttributionOutput(attrs, matrix), result

@@ -16,9 +16,14 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import matplotlib.pyplot as plt
+import mlflow
 import pandas as pd
 
 from featsweep.errors import FeatsweepError
+from featsweep.plots import metric_vs_dimension
+from featsweep.stats import adjust_pvalues
+from featsweep.tracking import client_for
 
 HYPOTHESIS_PREFIXES = ("metrics.h1.", "metrics.h2.", "metrics.h3.")
 CONTEXT_METRICS = ["metrics.task.accuracy", "metrics.network.n_features", "metrics.network.n_clusters", "metrics.network.modularity"]
@@ -32,8 +37,6 @@ def is_p_value(column: str) -> bool:
 
 
 def collect_runs(client, experiment_ids: list[str], parent: Optional[str] = None, filter_string: str = "") -> pd.DataFrame:
-    import mlflow
-
     mlflow.set_tracking_uri(client.tracking_uri)  # search_runs reads the global URI: point it at this store
     clauses = [f"tags.`mlflow.parentRunId` = '{parent}'"] if parent else []
     if filter_string:
@@ -51,8 +54,6 @@ def swept_dimensions(runs: pd.DataFrame) -> list[str]:
 
 def summary_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """One row per run: swept dimensions, hypothesis metrics, and p-values corrected across the sweep."""
-    from featsweep.stats import adjust_pvalues
-
     dims = swept_dimensions(runs)
     metrics = sorted(c for c in runs.columns if c.startswith(HYPOTHESIS_PREFIXES))
     context = [c for c in CONTEXT_METRICS if c in runs.columns]
@@ -71,8 +72,6 @@ def summary_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def plot_summary(table: pd.DataFrame, dims: list[str], out_dir: Path) -> list[Path]:
-    from featsweep.plots import metric_vs_dimension
-
     headline = [c for c in table.columns if c.startswith(("h1.", "h2.", "h3.")) and not c.endswith("sweep_adj")]
     paths = []
     for dim in dims:
@@ -83,7 +82,6 @@ def plot_summary(table: pd.DataFrame, dims: list[str], out_dir: Path) -> list[Pa
             path = out_dir / "plots" / f"{metric}__vs__{dim}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             fig.savefig(path, dpi=100, bbox_inches="tight")
-            import matplotlib.pyplot as plt
 
             plt.close(fig)
             paths.append(path)
@@ -123,7 +121,6 @@ def find_sweep_parent(client, experiment_ids: list[str], sweep_dir: str) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-
     parser = argparse.ArgumentParser(prog="python -m featsweep.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--parent", help="a sweep's parent run id")
@@ -134,7 +131,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--tracking-experiment", default="featsweep", help="experiment holding the sweep (with --parent/--sweep)")
     parser.add_argument("--out", default=None, help="output folder (default: ./compare/<parent or experiment>)")
     args = parser.parse_args(argv)
-    from featsweep.tracking import client_for
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:

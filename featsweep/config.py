@@ -8,6 +8,7 @@ default; the YAML files only pick values.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from enum import Enum
@@ -15,6 +16,8 @@ from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
+
+from featsweep.errors import FeatsweepError
 
 # `${fs_cwd:}` is the directory the user launched from. Hydra does not chdir
 # with version_base=1.3, and jobs of any launcher inherit it, so paths built on
@@ -109,6 +112,11 @@ class SteeringPositions(str, Enum):
     last = "last"
 
 
+class SteeringEngineKind(str, Enum):
+    fast = "fast"  # the batched engine (steering.py)
+    reference = "reference"  # one plainly hooked forward pass per condition
+
+
 class SetSampling(str, Enum):
     within = "within"
     between = "between"
@@ -145,6 +153,12 @@ class TaskConfig:
     limit: Optional[int] = None  # keep the first N prompts
     batch_size: int = 32
 
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 2:
+            _bad("task.limit", self.limit, "correlations across prompts need at least 2 prompts: use task.limit>=2 "
+                 "(about 100 is the method's scale), or task.limit=null for all")
+        _at_least("task.batch_size", self.batch_size, 1)
+
 
 @dataclass
 class AttributionConfig:
@@ -154,6 +168,12 @@ class AttributionConfig:
     selection: Selection = Selection.all_nonzero
     min_fraction: float = 0.9
     top_k: int = 200
+
+    def __post_init__(self) -> None:
+        _at_least("attribution.batch_size", self.batch_size, 1)
+        if not 0 < self.min_fraction <= 1:
+            _bad("attribution.min_fraction", self.min_fraction, "use a fraction of prompts in (0, 1]")
+        _at_least("attribution.top_k", self.top_k, 1)
 
 
 @dataclass
@@ -172,6 +192,17 @@ class ClusteringConfig:
     # a random SAE at GPT-2 shape has ~10k always-active features. null = no cap.
     max_features: Optional[int] = 500
 
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold <= 1:
+            _bad("clustering.threshold", self.threshold, "use a correlation in (0, 1], e.g. clustering.threshold=0.3")
+        _at_least("clustering.min_cluster_size", self.min_cluster_size, 1)
+        if not (math.isfinite(self.resolution) and self.resolution > 0):
+            _bad("clustering.resolution", self.resolution, "use a positive number (1.0 is standard modularity)")
+        _at_least("clustering.n_null", self.n_null, 0)
+        _at_least("clustering.n_bootstrap", self.n_bootstrap, 0)
+        if self.max_features is not None and self.max_features < 2:
+            _bad("clustering.max_features", self.max_features, "use at least 2, or clustering.max_features=null for no cap")
+
 
 @dataclass
 class SteeringConfig:
@@ -186,7 +217,16 @@ class SteeringConfig:
         default_factory=lambda: [SetSampling.within, SetSampling.between]
     )
     batch_size: int = 128  # rows (conditions x prompts) per forward through the tail; ~1-2k tokens stay in CPU cache
-    engine: str = "fast"  # fast | reference
+    engine: SteeringEngineKind = SteeringEngineKind.fast
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.factor):
+            _bad("steering.factor", self.factor, "use a finite number, e.g. steering.factor=10")
+        if not self.set_sizes or min(self.set_sizes) < 1:
+            _bad("steering.set_sizes", list(self.set_sizes), "a set needs at least one feature: use positive sizes, "
+                 "e.g. steering.set_sizes=[1,2,3,4]")
+        _at_least("steering.samples_per_size", self.samples_per_size, 1)
+        _at_least("steering.batch_size", self.batch_size, 1)
 
 
 @dataclass
@@ -221,6 +261,35 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
 
+    def __post_init__(self) -> None:
+        if not self.stages:
+            _bad("stages", [], "give at least one of task, attribution, network, steering")
+
+
+def _bad(key: str, value: Any, fix: str) -> None:
+    raise FeatsweepError(f"{key}={value}: {fix}.")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        _bad(key, value, f"use {low} or more")
+
+
+def checked(cfg: Any) -> Config:
+    """The composed config as typed dataclasses: every value check in this module runs here, once, before
+    any run opens or any model loads. Interpolations are resolved; enum fields hold Enum members."""
+    if isinstance(cfg, Config):
+        return cfg
+    try:
+        return OmegaConf.to_object(cfg)
+    except FeatsweepError:
+        raise
+    except Exception as err:  # OmegaConf wraps errors raised in __post_init__
+        cause = err.__cause__ or err.__context__
+        if isinstance(cause, FeatsweepError):
+            raise cause from None
+        raise
+
 
 def register_configs() -> None:
     """Register the schema so `conf/config.yaml` can extend it as `base_config`."""
@@ -229,5 +298,7 @@ def register_configs() -> None:
 
 
 def to_container(cfg: Any) -> dict:
-    """Resolved plain-dict view of a config (enums become their string values)."""
+    """Resolved plain-dict view of a config, composed or typed (enums become their string values)."""
+    if not OmegaConf.is_config(cfg):
+        cfg = OmegaConf.structured(cfg)
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)

@@ -26,11 +26,12 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from featsweep.config import SetSampling, SteeringMode
+from featsweep import plots
+from featsweep.config import SetSampling, SteeringConfig, SteeringMode
 from featsweep.errors import FeatsweepError
-from featsweep.results import StageResult
-from featsweep.steering import (Condition, SteeringEngine, _enum, mean_activations, run_conditions,
-                                steering_scales)
+from featsweep.results import Network, StageResult
+from featsweep.stats import CENTRALITIES, adjust_pvalues, centrality_regression, compare_within_between
+from featsweep.steering import Condition, SteeringEngine, mean_activations, run_conditions, steering_scales
 from featsweep.task import PERFORMANCE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -41,23 +42,12 @@ SETS_TABLE = "tables/steering_sets.parquet"
 H3_PERFORMANCE = "mean_prob"
 
 
-def validate_set_sizes(set_sizes, samples_per_size: int) -> list[int]:
-    sizes = [int(n) for n in set_sizes]
-    bad = [n for n in sizes if n < 1]
-    if bad:
-        raise FeatsweepError(f"steering.set_sizes={sizes} has sizes below 1 ({bad}): a set needs at least one "
-                             "feature. Use positive sizes, e.g. steering.set_sizes=[1,2,3,4].")
-    if int(samples_per_size) < 1:
-        raise FeatsweepError(f"steering.samples_per_size={samples_per_size}: draw at least one set per size.")
-    return list(dict.fromkeys(sizes))
-
-
 def sample_sets(clusters: dict[int, list[int]], set_sizes, samples_per_size: int, samplings,
                 rng: np.random.Generator) -> list[dict]:
     """Draw the feature sets (see the module docstring). ``clusters``: kept cluster -> its features.
     Returns records with sampling, size, sample, features (sorted tuple) and clusters (sorted tuple)."""
-    sizes = validate_set_sizes(set_sizes, samples_per_size)
-    samplings = [_enum(s, SetSampling) for s in samplings]
+    sizes = list(dict.fromkeys(int(n) for n in set_sizes))  # sizes >= 1 are checked by SteeringConfig
+    samplings = [SetSampling(s) for s in samplings]
     kept = sorted(clusters)
     if not kept:
         raise FeatsweepError("No kept cluster to sample feature sets from.")
@@ -116,28 +106,22 @@ def _pearson(x, y) -> float:
     return float(np.corrcoef(x[ok], y[ok])[0, 1])
 
 
-def steering_stage(subject, task, attrs, network, baseline: pd.DataFrame, gen_max: Optional[np.ndarray], cfg,
-                   seed: int) -> StageResult:
+def steering_stage(subject, task, attrs, network: Optional[Network], baseline: pd.DataFrame,
+                   gen_max: Optional[np.ndarray], cfg: SteeringConfig, seed: int) -> tuple[None, StageResult]:
     """Single-feature (H3) and feature-set (H2) experiments at this job's ``steering.factor``."""
-    from featsweep import plots
-    from featsweep.stats import CENTRALITIES, adjust_pvalues, centrality_regression, compare_within_between
-
-    sizes = validate_set_sizes(cfg.set_sizes, cfg.samples_per_size)
     if network is None or not list(network.kept_clusters):
-        return StageResult(skip_reason="steering skipped: the network stage kept no cluster. Lower "
-                                       "clustering.min_cluster_size or clustering.threshold, or select more features.")
+        return None, StageResult(skip_reason="steering skipped: the network stage kept no cluster. Lower "
+                                 "clustering.min_cluster_size or clustering.threshold, or select more features.")
     t0 = time.perf_counter()
     kept = [int(c) for c in network.kept_clusters]
     table = network.features
     table = table[table["cluster"].isin(kept)].copy()
     table["feature"] = table["feature"].astype(int)
     clusters = {c: table.loc[table["cluster"] == c, "feature"].tolist() for c in kept}
-    rng = np.random.default_rng(seed)
-    sets = sample_sets(clusters, sizes, cfg.samples_per_size, cfg.sampling, rng)
+    sets = sample_sets(clusters, cfg.set_sizes, cfg.samples_per_size, cfg.sampling, np.random.default_rng(seed))
 
-    mode = _enum(cfg.mode, SteeringMode)
     scales = steering_scales(cfg.scale, subject.d_sae, gen_max, attrs)
-    mean_acts = mean_activations(subject, task) if mode is SteeringMode.mean_ablate else None
+    mean_acts = mean_activations(subject, task) if SteeringMode(cfg.mode) is SteeringMode.mean_ablate else None
     factor = float(cfg.factor)
     singles = [Condition((f,), factor) for f in table["feature"]]
     set_conds = [Condition(r["features"], factor / len(r["features"]) if cfg.normalize_by_set_size else factor)
@@ -145,17 +129,46 @@ def steering_stage(subject, task, attrs, network, baseline: pd.DataFrame, gen_ma
     engine = SteeringEngine(subject, task, cfg, scales, mean_acts)  # also serves the linear preview
     perf = run_conditions(subject, task, cfg, scales, singles + set_conds, mean_acts, engine=engine)
     n_single = len(singles)
-
     base = baseline.set_index("prompt_idx").loc[np.arange(task.n)]
-    metrics: dict[str, float] = {}
-    tags: dict[str, str] = {"steering.h3_performance": "mean correct-token probability over prompts"}
 
-    # ---- single features: per feature x prompt ------------------------------------------------------
-    F, N = n_single, task.n
+    result = StageResult(tags={"steering.h3_performance": "mean correct-token probability over prompts"})
+    single, exact = _single_feature_table(table, perf, n_single, base, task.n)
+    r = float("nan")
+    grads = getattr(attrs, "resid_grad", None) if attrs is not None else None
+    if grads is not None and len(grads) == task.n and all(g is not None for g in grads):
+        linear = engine.linear_preview(singles, grads)
+        single["linear_delta_logit_diff"] = linear.ravel()
+        r = _pearson(linear, exact)
+    else:
+        linear = None
+        result.tags["steering.linear_preview"] = "skipped: the attributions carry no resid_grad"
+    result.metrics["steering.linear_vs_exact_r"] = r
+
+    per_feature = _per_feature_table(single, table, scales)
+    fits = _h3_regressions(per_feature, result)
+    sets_df = _sets_table(sets, set_conds, perf, n_single, base, network.corr)
+    _h2_statistics(sets_df, cfg, kept, result)
+    result.metrics.update({
+        "steering.n_features": float(n_single),
+        "steering.n_sets": float(len(sets_df)),
+        "steering.n_kept_clusters": float(len(kept)),
+        "steering.single.mean_prob": float(single["prob"].mean()),
+        "steering.single.mean_drop_prob": float(single["drop_prob"].mean()),
+    })
+    # wall time is a tag, not a metric: metrics are results, and a rerun must reproduce them exactly
+    result.tags["featsweep.steering_seconds"] = f"{time.perf_counter() - t0:.2f}"
+    result.tables.update({SINGLE_TABLE: single, FEATURES_TABLE: per_feature, SETS_TABLE: sets_df})
+    result.figures.update(_steering_figures(per_feature, sets_df, fits, kept, float(base["prob"].mean()), factor,
+                                            linear, exact, r))
+    return None, result
+
+
+def _single_feature_table(table: pd.DataFrame, perf: dict, n_single: int, base: pd.DataFrame, n_prompts: int):
+    """Per feature x prompt: every performance metric, its drop from baseline, and the exact logit-diff change."""
     single = pd.DataFrame({
-        "feature": np.repeat(table["feature"].to_numpy(), N),
-        "cluster": np.repeat(table["cluster"].to_numpy(), N),
-        "prompt_idx": np.tile(np.arange(N), F),
+        "feature": np.repeat(table["feature"].to_numpy(), n_prompts),
+        "cluster": np.repeat(table["cluster"].to_numpy(), n_prompts),
+        "prompt_idx": np.tile(np.arange(n_prompts), n_single),
     })
     for name in PERFORMANCE_COLUMNS:
         steered = perf[name][:n_single]
@@ -164,17 +177,11 @@ def steering_stage(subject, task, attrs, network, baseline: pd.DataFrame, gen_ma
     single["rank"] = single["rank"].round().astype(int)
     exact = perf["logit_diff"][:n_single] - base["logit_diff"].to_numpy()[None, :]
     single["exact_delta_logit_diff"] = exact.ravel()
-    grads = getattr(attrs, "resid_grad", None) if attrs is not None else None
-    if grads is not None and len(grads) == task.n and all(g is not None for g in grads):
-        linear = engine.linear_preview(singles, grads)
-        single["linear_delta_logit_diff"] = linear.ravel()
-        r = _pearson(linear, exact)
-    else:
-        single["linear_delta_logit_diff"] = np.nan
-        linear, r = None, float("nan")
-        tags["steering.linear_preview"] = "skipped: the attributions carry no resid_grad"
-    metrics["steering.linear_vs_exact_r"] = r
+    single["linear_delta_logit_diff"] = np.nan
+    return single, exact
 
+
+def _per_feature_table(single: pd.DataFrame, table: pd.DataFrame, scales: np.ndarray) -> pd.DataFrame:
     per_feature = single.groupby("feature", sort=False).agg(
         mean_prob=("prob", "mean"), mean_drop_prob=("drop_prob", "mean"), mean_logit_diff=("logit_diff", "mean"),
         mean_exact_delta_logit_diff=("exact_delta_logit_diff", "mean"),
@@ -182,8 +189,11 @@ def steering_stage(subject, task, attrs, network, baseline: pd.DataFrame, gen_ma
     keep_cols = [c for c in ["feature", "cluster", *CENTRALITIES, "mean_abs", "gen_max_activation"] if c in table.columns]
     per_feature = table[keep_cols].merge(per_feature, on="feature", how="left")
     per_feature["scale"] = scales[per_feature["feature"].to_numpy()]
+    return per_feature
 
-    # ---- H3: performance against centrality ------------------------------------------------------------
+
+def _h3_regressions(per_feature: pd.DataFrame, result: StageResult) -> dict:
+    """H3: performance against each centrality, with |attribution| as a covariate; Bonferroni over centralities."""
     fits = {}
     covariate = per_feature["mean_abs"] if "mean_abs" in per_feature else None
     for cent in CENTRALITIES:
@@ -194,17 +204,19 @@ def steering_stage(subject, task, attrs, network, baseline: pd.DataFrame, gen_ma
     p_adj = adjust_pvalues([fits[c]["p"] for c in CENTRALITIES], "bonferroni")
     for cent, padj in zip(CENTRALITIES, p_adj):
         for key in ("slope", "intercept", "r2", "p", "p_partial"):
-            metrics[f"h3.{cent}.{key}"] = float(fits[cent][key])
-        metrics[f"h3.{cent}.p_adj"] = float(padj)
+            result.metrics[f"h3.{cent}.{key}"] = float(fits[cent][key])
+        result.metrics[f"h3.{cent}.p_adj"] = float(padj)
+    return fits
 
-    # ---- feature sets and H2 ---------------------------------------------------------------------------
+
+def _sets_table(sets: list[dict], set_conds: list[Condition], perf: dict, n_single: int, base: pd.DataFrame,
+                corr: Optional[pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for k, rec in enumerate(sets):
-        cond = set_conds[k]
         row = dict(set_id=k, sampling=rec["sampling"], size=rec["size"], sample=rec["sample"],
                    features=",".join(map(str, rec["features"])), clusters=",".join(map(str, rec["clusters"])),
-                   n_clusters=len(rec["clusters"]), factor=cond.factor,
-                   mean_corr=mean_pairwise_corr(rec["features"], getattr(network, "corr", None)))
+                   n_clusters=len(rec["clusters"]), factor=set_conds[k].factor,
+                   mean_corr=mean_pairwise_corr(rec["features"], corr))
         for name in PERFORMANCE_COLUMNS:
             values = perf[name][n_single + k]
             row[name] = float(values.mean())
@@ -212,42 +224,38 @@ def steering_stage(subject, task, attrs, network, baseline: pd.DataFrame, gen_ma
         rows.append(row)
     set_cols = ["set_id", "sampling", "size", "sample", "features", "clusters", "n_clusters", "factor", "mean_corr",
                 *PERFORMANCE_COLUMNS, *[f"drop_{n}" for n in PERFORMANCE_COLUMNS]]
-    sets_df = pd.DataFrame(rows, columns=set_cols)
+    return pd.DataFrame(rows, columns=set_cols)
+
+
+def _h2_statistics(sets_df: pd.DataFrame, cfg: SteeringConfig, kept: list[int], result: StageResult) -> None:
+    """H2: within-cluster sets against between-cluster sets, overall and per size (Bonferroni over sizes)."""
+    metrics, sizes = result.metrics, list(dict.fromkeys(int(n) for n in cfg.set_sizes))
     within = sets_df[sets_df["sampling"] == "within"]
     between = sets_df[sets_df["sampling"] == "between"]
     if len(within):
         metrics["h2.within.mean_prob"] = float(within["prob"].mean())
     if len(between):
         metrics["h2.between.mean_prob"] = float(between["prob"].mean())
-    if len(within) and len(between):
-        overall = compare_within_between(within["prob"], between["prob"])
-        metrics["h2.p"], metrics["h2.effect_size"] = overall["p"], overall["effect_size"]
-        size_p = []
-        for n in sizes:
-            res = compare_within_between(within.loc[within["size"] == n, "prob"], between.loc[between["size"] == n, "prob"])
-            metrics[f"h2.size{n}.within_mean_prob"] = res["within_mean"]
-            metrics[f"h2.size{n}.between_mean_prob"] = res["between_mean"]
-            metrics[f"h2.size{n}.p"] = res["p"]
-            metrics[f"h2.size{n}.effect_size"] = res["effect_size"]
-            size_p.append(res["p"])
-        for n, padj in zip(sizes, adjust_pvalues(size_p, "bonferroni")):
-            metrics[f"h2.size{n}.p_adj"] = float(padj)
-        tags["steering.h2_test"] = "two-sided Mann-Whitney U; effect size rank-biserial (>0: within keeps more prob)"
-    else:
-        tags["steering.h2"] = ("skipped: needs both within and between sets (between needs >= 2 kept clusters; "
-                               f"kept {len(kept)}; steering.sampling={[str(_enum(s, SetSampling).value) for s in cfg.sampling]})")
+    if not (len(within) and len(between)):
+        result.tags["steering.h2"] = ("skipped: needs both within and between sets (between needs >= 2 kept clusters; "
+                                      f"kept {len(kept)}; steering.sampling={[SetSampling(s).value for s in cfg.sampling]})")
+        return
+    overall = compare_within_between(within["prob"], between["prob"])
+    metrics["h2.p"], metrics["h2.effect_size"] = overall["p"], overall["effect_size"]
+    size_p = []
+    for n in sizes:
+        res = compare_within_between(within.loc[within["size"] == n, "prob"], between.loc[between["size"] == n, "prob"])
+        metrics[f"h2.size{n}.within_mean_prob"] = res["within_mean"]
+        metrics[f"h2.size{n}.between_mean_prob"] = res["between_mean"]
+        metrics[f"h2.size{n}.p"] = res["p"]
+        metrics[f"h2.size{n}.effect_size"] = res["effect_size"]
+        size_p.append(res["p"])
+    for n, padj in zip(sizes, adjust_pvalues(size_p, "bonferroni")):
+        metrics[f"h2.size{n}.p_adj"] = float(padj)
+    result.tags["steering.h2_test"] = "two-sided Mann-Whitney U; effect size rank-biserial (>0: within keeps more prob)"
 
-    metrics.update({
-        "steering.n_features": float(F),
-        "steering.n_sets": float(len(sets_df)),
-        "steering.n_kept_clusters": float(len(kept)),
-        "steering.single.mean_prob": float(single["prob"].mean()),
-        "steering.single.mean_drop_prob": float(single["drop_prob"].mean()),
-    })
-    # wall time is a tag, not a metric: metrics are results, and a rerun must reproduce them exactly
-    tags["featsweep.steering_seconds"] = f"{time.perf_counter() - t0:.2f}"
 
-    base_prob = float(base["prob"].mean())
+def _steering_figures(per_feature, sets_df, fits, kept, base_prob, factor, linear, exact, r) -> dict:
     figures = {
         "plots/steering_performance_vs_centrality.png": plots.plot_performance_vs_centrality(
             per_feature, fits, H3_PERFORMANCE, [c for c in CENTRALITIES if c in per_feature], kept,
@@ -258,9 +266,4 @@ def steering_stage(subject, task, attrs, network, baseline: pd.DataFrame, gen_ma
     }
     if linear is not None:
         figures["plots/steering_linear_vs_exact.png"] = plots.plot_linear_vs_exact(linear, exact, r)
-    return StageResult(
-        metrics=metrics,
-        tables={SINGLE_TABLE: single, FEATURES_TABLE: per_feature, SETS_TABLE: sets_df},
-        figures=figures,
-        tags=tags,
-    )
+    return figures

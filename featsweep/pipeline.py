@@ -1,31 +1,44 @@
 """Runs the stages in order (task -> attribution -> network -> steering) and hands each result to tracking.
 
-Each stage is a plain function of its inputs. Expensive outputs go through the content-addressed
-cache, so the jobs of a sweep that share a stage's inputs compute it once. A stage left out of
-``stages`` may still feed a later stage from the cache; otherwise that is a clear error.
+Each stage is a plain function of its inputs that returns ``(output, StageResult)``; the result holds
+everything the stage made (metrics, tables, figures, files). Attribution and the network go through the
+content-addressed cache whole, so the jobs of a sweep that share a stage's inputs compute it once. A
+cached stage left out of ``stages`` may still feed a later stage from the cache; otherwise that is a
+clear error. One code path runs every stage: cache, log, skip reason.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
+from featsweep.attribution import attribution_stage
 from featsweep.cache import StageCache, cache_key
-from featsweep.config import Stage, to_container
+from featsweep.config import Config, Stage, checked, to_container
 from featsweep.errors import FeatsweepError
+from featsweep.experiments import steering_stage
+from featsweep.network import network_stage
 from featsweep.results import StageResult
+from featsweep.subject import load_subject, max_activations
+from featsweep.task import load_task, task_stage
 from featsweep.tracking import JobRun
 
 log = logging.getLogger(__name__)
 
 ORDER = [Stage.task, Stage.attribution, Stage.network, Stage.steering]
+# The stage outputs each stage consumes (the prompts themselves come from load_task, not the task stage).
+INPUTS = {
+    Stage.task: (),
+    Stage.attribution: (),
+    Stage.network: (Stage.attribution,),
+    Stage.steering: (Stage.task, Stage.attribution, Stage.network),
+}
+CACHED = {Stage.attribution, Stage.network}
 
 
 def seed_everything(seed: int) -> None:
@@ -34,148 +47,111 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that need values, not just types (types are checked by the schema at compose time)."""
-    if not cfg.stages:
-        raise FeatsweepError("stages=[] runs nothing: give at least one of task, attribution, network, steering.")
-    if not 0.0 <= cfg.clustering.threshold <= 1.0:
-        raise FeatsweepError(f"clustering.threshold={cfg.clustering.threshold}: use a correlation in [0, 1].")
-    if cfg.clustering.min_cluster_size < 1:
-        raise FeatsweepError(f"clustering.min_cluster_size={cfg.clustering.min_cluster_size}: use 1 or more.")
-    if not math.isfinite(cfg.steering.factor):
-        raise FeatsweepError(f"steering.factor={cfg.steering.factor}: use a finite number.")
-    bad_sizes = [n for n in cfg.steering.set_sizes if n < 1]
-    if bad_sizes:
-        raise FeatsweepError(f"steering.set_sizes has sizes below 1: {bad_sizes}. Use positive sizes, e.g. steering.set_sizes=[1,2,3,4].")
-
-
-def _freeze_files(result: StageResult) -> dict[str, bytes]:
-    return {path: Path(local).read_bytes() for path, local in result.files.items()}
-
-
-def _thaw_files(result: StageResult, frozen: dict[str, bytes], out_dir: Path) -> None:
-    for artifact_path, data in frozen.items():
-        local = out_dir / artifact_path
-        local.parent.mkdir(parents=True, exist_ok=True)
-        local.write_bytes(data)
-        result.files[artifact_path] = local
+def stages_to_compute(wanted: list[Stage]) -> list[Stage]:
+    """The wanted stages plus every stage whose output they consume, in pipeline order."""
+    needed = set(wanted)
+    for stage in reversed(ORDER):
+        if stage in needed:
+            needed.update(INPUTS[stage])
+    return [s for s in ORDER if s in needed]
 
 
 class Runner:
     """Holds one job's state while its stages run."""
 
-    def __init__(self, cfg: DictConfig, resolved: dict, job: JobRun):
+    def __init__(self, cfg: Config, resolved: dict, job: JobRun):
         self.cfg = cfg
         self.resolved = resolved
         self.job = job
-        self.stages = [Stage(s) for s in cfg.stages]
+        self.stages = list(cfg.stages)
         self.cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
         self.skip_reason: Optional[str] = None
+        self.outputs: dict[Stage, Any] = {}
+        self._gen_max: Optional[np.ndarray] = None
 
-    def cached(self, stage: str, key: str, compute: Callable[[], Any], wanted: bool) -> Any:
-        """Run a stage through the cache; if the stage is not wanted, only a cache hit may stand in."""
-        if wanted:
-            value = self.cache.get_or_compute(stage, key, compute)
+    def run(self) -> dict[str, float]:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.subject = load_subject(cfg)
+        self.job.tag("featsweep.subject", self.subject.identity)
+        for key, value in self.subject.notes.items():
+            self.job.tag(f"featsweep.{key}", value)
+        self.task = load_task(cfg.task, self.subject.model, cfg.seed)
+        metrics: dict[str, float] = {}
+        for stage in stages_to_compute(self.stages):
+            if self.skip_reason:
+                if stage in self.stages:
+                    self.job.tag(f"featsweep.stage.{stage.value}", f"skipped: {self.skip_reason}")
+                continue
+            key, compute = self.plan(stage)
+            output, result = self.run_stage(stage, key, compute)
+            self.outputs[stage] = output
+            if stage in self.stages:
+                self.log(stage, result)
+                metrics.update(result.metrics)
+            if result.skip_reason:
+                self.skip_reason = result.skip_reason
+        return metrics
+
+    def plan(self, stage: Stage) -> tuple[Optional[str], Callable[[], tuple[Any, StageResult]]]:
+        """The cache key (None: not cached) and the computation of one stage."""
+        cfg, subject, task, out = self.cfg, self.subject, self.task, self.outputs
+        task_key = cache_key("task", subject=subject.identity, task=self.resolved["task"], seed=cfg.seed,
+                             device=str(subject.model.cfg.device))
+        attr_key = cache_key("attribution", task=task_key, attribution=self.resolved["attribution"])
+        if stage is Stage.task:
+            return None, lambda: task_stage(subject.model, task, cfg.task.batch_size)
+        if stage is Stage.attribution:
+            return attr_key, lambda: attribution_stage(subject, task, cfg.attribution)
+        if stage is Stage.network:
+            net_key = cache_key("network", attribution=attr_key, clustering=self.resolved["clustering"], seed=cfg.seed)
+            return net_key, lambda: network_stage(out[Stage.attribution].matrix, cfg.clustering, cfg.seed,
+                                                  self.generic_max(), subject.neuronpedia_id)
+        return None, lambda: steering_stage(subject, task, out[Stage.attribution].attrs, out[Stage.network],
+                                            out[Stage.task], self.generic_max(), cfg.steering, cfg.seed)
+
+    def generic_max(self) -> np.ndarray:
+        """Each feature's max activation on generic text (cached: shared by every job on this subject)."""
+        if self._gen_max is None:
+            key = cache_key("gen_max", subject=self.subject.identity, texts=self.subject.generic_texts)
+            self._gen_max = self.cache.get_or_compute(
+                "gen_max", key, lambda: max_activations(self.subject, self.subject.generic_texts))
+            self.job.tag("featsweep.cache.gen_max", self.cache.status.get("gen_max", "off"))
+        return self._gen_max
+
+    def run_stage(self, stage: Stage, key: Optional[str], compute: Callable[[], tuple[Any, StageResult]]
+                  ) -> tuple[Any, StageResult]:
+        """Compute a stage, through the cache when it has a key. A cached stage that is not wanted may
+        only stand in from the cache."""
+        if key is None:
+            return compute()
+        if stage in self.stages:
+            value = self.cache.get_or_compute(stage.value, key, compute)
         else:
-            value = self.cache.load(stage, key)
+            value = self.cache.load(stage.value, key)
             if value is None:
                 raise FeatsweepError(
-                    f"A later stage needs the output of '{stage}', which is not in stages and not in the cache. "
-                    f"Add {stage} to stages=[...] (the default runs all of them)."
-                )
-            self.cache.status[stage] = "hit"
-        self.job.tag(f"featsweep.cache.{stage}", self.cache.status.get(stage, "off"))
+                    f"A later stage needs the output of '{stage.value}', which is not in stages and not in the "
+                    f"cache. Add {stage.value} to stages=[...] (the default runs all of them).")
+            self.cache.status[stage.value] = "hit"
+        self.job.tag(f"featsweep.cache.{stage.value}", self.cache.status.get(stage.value, "off"))
         return value
 
-    def log(self, stage: str, result: StageResult) -> None:
+    def log(self, stage: Stage, result: StageResult) -> None:
         self.job.log_result(result)
-        self.job.tag(f"featsweep.stage.{stage}", "done")
+        self.job.tag(f"featsweep.stage.{stage.value}", "done")
         if result.skip_reason:
-            self.skip_reason = result.skip_reason
             self.job.tag("featsweep.skip_reason", result.skip_reason)
             log.warning("Later stages skipped: %s", result.skip_reason)
 
-    def needs(self, stage: Stage) -> bool:
-        """Whether ``stage`` or a stage after it is wanted (so its output is needed)."""
-        return any(ORDER.index(s) >= ORDER.index(stage) for s in self.stages)
 
-    def skip(self, stage: Stage) -> bool:
-        if self.skip_reason and stage in self.stages:
-            self.job.tag(f"featsweep.stage.{stage.value}", f"skipped: {self.skip_reason}")
-        return self.skip_reason is not None
-
-    def run(self) -> dict[str, float]:
-        from featsweep.subject import load_subject
-        from featsweep.task import load_task, task_stage
-
-        cfg = self.cfg
-        seed_everything(cfg.seed)
-        subject = load_subject(cfg)
-        self.job.tag("featsweep.subject", subject.identity)
-        for key, value in subject.notes.items():
-            self.job.tag(f"featsweep.{key}", value)
-        task = load_task(cfg.task, subject.model, cfg.seed)
-        resolved = self.resolved
-        task_key = cache_key("task", subject=subject.identity, task=resolved["task"], seed=cfg.seed, device=str(subject.model.cfg.device))
-        metrics: dict[str, float] = {}
-
-        baseline = None
-        if Stage.task in self.stages or Stage.steering in self.stages:  # steering measures drops from it
-            baseline, result = task_stage(subject.model, task, cfg.task.batch_size)
-            if Stage.task in self.stages:
-                self.log("task", result)
-                metrics.update(result.metrics)
-
-        if not self.needs(Stage.attribution):
-            return metrics
-        from featsweep.attribution import attribution_stage, max_activations
-
-        attr_key = cache_key("attribution", task=task_key, attribution=resolved["attribution"])
-        attrs, matrix, result = self.cached(
-            "attribution", attr_key, lambda: attribution_stage(subject, task, cfg.attribution), Stage.attribution in self.stages
-        )
-        if Stage.attribution in self.stages:
-            self.log("attribution", result)
-            metrics.update(result.metrics)
-        elif result.skip_reason:
-            self.skip_reason = result.skip_reason
-        if not self.needs(Stage.network) or self.skip(Stage.network):
-            return metrics
-
-        from featsweep.network import network_stage
-
-        gen_key = cache_key("gen_max", subject=subject.identity, texts=subject.generic_texts)
-        gen_max = self.cached("gen_max", gen_key, lambda: max_activations(subject, subject.generic_texts), True)
-        net_key = cache_key("network", attribution=attr_key, clustering=resolved["clustering"], seed=cfg.seed)
-
-        def compute_network():
-            network, result = network_stage(matrix, cfg.clustering, cfg.seed, gen_max, subject.neuronpedia_id, self.job.out_dir / "network")
-            return network, result, _freeze_files(result)
-
-        network, result, frozen = self.cached("network", net_key, compute_network, Stage.network in self.stages)
-        _thaw_files(result, frozen, self.job.out_dir)
-        if Stage.network in self.stages:
-            self.log("network", result)
-            metrics.update(result.metrics)
-        elif result.skip_reason:
-            self.skip_reason = result.skip_reason
-        if Stage.steering not in self.stages or self.skip(Stage.steering):
-            return metrics
-
-        from featsweep.experiments import steering_stage
-
-        result = steering_stage(subject, task, attrs, network, baseline, gen_max, cfg.steering, cfg.seed)
-        self.log("steering", result)
-        metrics.update(result.metrics)
-        return metrics
-
-
-def run(cfg: DictConfig, out_dir: Optional[Path] = None) -> dict[str, Any]:
-    """Run one job: open its MLflow run, run the wanted stages, close the run (FAILED on error)."""
+def run(cfg: Any, out_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Run one job: check the config, open its MLflow run, run the wanted stages, close the run (FAILED
+    on error). A bad config value raises before any run exists."""
+    typed = checked(cfg)
     resolved = to_container(cfg)
-    with JobRun(cfg, resolved, out_dir) as job:
+    with JobRun(typed, resolved, out_dir) as job:
         if job.skipped_for:
             return {"skipped_for": job.skipped_for}
-        validate(cfg)
-        metrics = Runner(cfg, resolved, job).run()
+        metrics = Runner(typed, resolved, job).run()
         return {"run_id": job.run_id, "metrics": metrics}

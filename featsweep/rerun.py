@@ -18,12 +18,13 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
+from featsweep import pipeline
+from featsweep.config import Config
 from featsweep.errors import FeatsweepError
+from featsweep.tracking import client_for
 
 
 def load_logged_config(client, run_id: str):
-    from featsweep.config import Config
-
     try:
         client.get_run(run_id)
     except Exception:
@@ -50,9 +51,6 @@ def compare_metrics(original: dict[str, float], new: dict[str, float], rtol: flo
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from featsweep import pipeline
-    from featsweep.tracking import client_for
-
     parser = argparse.ArgumentParser(prog="python -m featsweep.rerun", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_id")
     parser.add_argument("--uri", default=f"sqlite:///{os.getcwd()}/mlflow.db", help="tracking URI (default: ./mlflow.db)")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
+import networkx as nx
 import pandas as pd
 
 
@@ -16,6 +16,29 @@ class StageResult:
     metrics: dict[str, float] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)  # matplotlib Figures
-    files: dict[str, Path] = field(default_factory=dict)  # files already written locally
+    files: dict[str, bytes] = field(default_factory=dict)  # other artifacts (e.g. the graph), as their bytes
     tags: dict[str, str] = field(default_factory=dict)
     skip_reason: Optional[str] = None  # set when later stages cannot run; the reason is tagged
+
+    def merge(self, other: "StageResult") -> None:
+        """Add another result's outputs to this one (a stage built from named steps)."""
+        self.metrics.update(other.metrics)
+        self.tables.update(other.tables)
+        self.figures.update(other.figures)
+        self.files.update(other.files)
+        self.tags.update(other.tags)
+        self.skip_reason = self.skip_reason or other.skip_reason
+
+
+@dataclass
+class Network:
+    """What the network stage hands to steering."""
+
+    matrix: pd.DataFrame  # prompts x features used (constant features dropped)
+    corr: pd.DataFrame  # features x features
+    graph: nx.Graph  # nodes = int feature ids, attributes = the features-table columns
+    partition: dict[int, int]  # feature -> cluster id, 0 = largest cluster
+    kept_clusters: list[int]  # clusters with size >= min_cluster_size (inclusive)
+    features: pd.DataFrame  # one row per feature (FEATURE_COLUMNS)
+    modularity: float = float("nan")
+    eigenvector_method: str = "undefined"

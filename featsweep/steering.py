@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
-from featsweep.config import SteeringMode, SteeringPositions, SteeringScale
+from featsweep.config import SteeringEngineKind, SteeringMode, SteeringPositions, SteeringScale
 from featsweep.errors import FeatsweepError
 from featsweep.task import PERFORMANCE_COLUMNS
 
@@ -78,10 +78,6 @@ class Condition:
     factor: float
 
 
-def _enum(value, kind):
-    return kind(value.value if hasattr(value, "value") else value)
-
-
 def steering_scales(scale: SteeringScale | str, d_sae: int, gen_max: Optional[np.ndarray],
                     attrs=None) -> np.ndarray:
     """Per-feature steering scale ``[d_sae]`` (float64).
@@ -91,7 +87,7 @@ def steering_scales(scale: SteeringScale | str, d_sae: int, gen_max: Optional[np
       per feature (0 for a feature never active there, so it is not pushed at all).
     * ``unit``: 1 for every feature (the push is ``factor`` times the unit-norm-ish decoder row).
     """
-    scale = _enum(scale, SteeringScale)
+    scale = SteeringScale(scale)
     if scale is SteeringScale.unit:
         return np.ones(d_sae)
     if scale is SteeringScale.gen_max:
@@ -158,7 +154,7 @@ def reference_run(subject, task, cfg, scales: np.ndarray, conditions: list[Condi
                   mean_acts: Optional[np.ndarray] = None, progress: bool = False) -> dict[str, np.ndarray]:
     """The plain approach: for every condition, a full forward pass with a TransformerLens hook at the
     SAE's hook point. Returns ``metric -> [C, n_prompts]`` (metrics of ``task.PERFORMANCE_COLUMNS``)."""
-    mode, positions = _enum(cfg.mode, SteeringMode), _enum(cfg.positions, SteeringPositions)
+    mode, positions = SteeringMode(cfg.mode), SteeringPositions(cfg.positions)
     _check_conditions(conditions, subject.d_sae)
     _needs_means(mode, mean_acts)
     model, sae = subject.model, subject.sae
@@ -212,8 +208,8 @@ class SteeringEngine:
 
     def __init__(self, subject, task, cfg, scales: np.ndarray, mean_acts: Optional[np.ndarray] = None):
         self.subject, self.task, self.cfg = subject, task, cfg
-        self.mode = _enum(cfg.mode, SteeringMode)
-        self.positions = _enum(cfg.positions, SteeringPositions)
+        self.mode = SteeringMode(cfg.mode)
+        self.positions = SteeringPositions(cfg.positions)
         _needs_means(self.mode, mean_acts)
         if cfg.batch_size < 1:
             raise FeatsweepError(f"steering.batch_size={cfg.batch_size}: use a positive number of rows per forward.")
@@ -410,9 +406,7 @@ def run_conditions(subject, task, cfg, scales, conditions, mean_acts=None, progr
                    engine: Optional[SteeringEngine] = None) -> dict[str, np.ndarray]:
     """Dispatch on ``steering.engine``: ``fast`` (the engine; pass one already built to reuse its cache)
     or ``reference`` (one hooked pass per condition)."""
-    if str(getattr(cfg, "engine", "fast")) == "reference":
+    if SteeringEngineKind(cfg.engine) is SteeringEngineKind.reference:
         return reference_run(subject, task, cfg, scales, conditions, mean_acts, progress=progress)
-    if str(getattr(cfg, "engine", "fast")) != "fast":
-        raise FeatsweepError(f"steering.engine={cfg.engine}: choose fast or reference.")
     engine = engine or SteeringEngine(subject, task, cfg, scales, mean_acts)
     return engine.run(conditions, progress=progress)

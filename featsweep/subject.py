@@ -10,12 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
+from huggingface_hub import try_to_load_from_cache
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
+from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens.loading_from_pretrained import get_official_model_name
+from transformers import AutoTokenizer
 
 from featsweep.config import Device, DType, ModelSource, SaeSource
 from featsweep.errors import FeatsweepError
+from featsweep.organism import ASSETS_DIR, load_organism, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +101,6 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _hf_cached(repo_id: str, filename: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     found = try_to_load_from_cache(repo_id=repo_id, filename=filename)
     return isinstance(found, str)
 
@@ -108,8 +113,6 @@ def _require_weights(what: str, repo_id: str, filename: str) -> None:
 
 
 def _organism_tokenizer():
-    from featsweep.organism import ASSETS_DIR, load_tokenizer
-
     path = ASSETS_DIR / "tokenizer.json"
     if not path.exists():
         raise FeatsweepError(f"No tokenizer available offline: {path} is missing. Run `python -m featsweep.organism.train`.")
@@ -119,9 +122,6 @@ def _organism_tokenizer():
 def _random_model(name: str, device: str, dtype: torch.dtype, seed: int) -> tuple[HookedTransformer, dict[str, str]]:
     notes = {"model.weights": "random"}
     try:
-        from transformers import AutoTokenizer
-        from transformer_lens.loading_from_pretrained import get_official_model_name
-
         official = get_official_model_name(name)
         if not _hf_cached(official, "tokenizer.json") and not _hf_cached(official, "vocab.json"):
             raise OSError("tokenizer not cached")
@@ -147,7 +147,6 @@ def load_model(model_cfg, device: str, dtype: torch.dtype, seed: int) -> tuple[H
         torch.manual_seed(seed)
         model, notes = _random_model(model_cfg.name, device, dtype, seed)
         return model, notes, f"random:{model_cfg.name}:seed{seed}"
-    from transformer_lens.loading_from_pretrained import get_official_model_name
 
     try:
         official = get_official_model_name(model_cfg.name)
@@ -162,8 +161,6 @@ def load_model(model_cfg, device: str, dtype: torch.dtype, seed: int) -> tuple[H
 
 
 def _assets_digest(assets_dir: Optional[str]) -> str:
-    from featsweep.organism import ASSETS_DIR
-
     root = Path(assets_dir) if assets_dir else ASSETS_DIR
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.safetensors")):
@@ -172,13 +169,27 @@ def _assets_digest(assets_dir: Optional[str]) -> str:
 
 
 def _registry_entry(release: str):
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
     directory = get_pretrained_saes_directory()
     if release not in directory:
         raise FeatsweepError(f"sae.release='{release}' is not in the SAE Lens registry. Known releases include: "
                              f"{', '.join(sorted(directory)[:8])}, ...")
     return directory[release]
+
+
+def random_sae(d_in: int, d_sae: int, encoder_gain: float = 1.0, bias_mean: float = -0.5, bias_std: float = 0.0,
+               device: str = "cpu", dtype: torch.dtype = torch.float32) -> StandardSAE:
+    """A random SAE Lens SAE with a sparse, realistic code: unit-norm decoder rows, the encoder their
+    transpose (times ``encoder_gain``), and a small negative encoder bias. Draws from torch's global RNG."""
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, device=device, dtype=str(dtype).removeprefix("torch.")))
+    with torch.no_grad():
+        sae.W_dec.normal_()
+        sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
+        sae.W_enc.copy_(sae.W_dec.T * encoder_gain)
+        if bias_std:
+            sae.b_enc.normal_(bias_mean, bias_std)
+        else:
+            sae.b_enc.fill_(bias_mean)
+    return sae.eval()
 
 
 def load_sae(sae_cfg, model_cfg, device: str, dtype: torch.dtype, seed: int) -> tuple[SAE, str, Optional[str], str]:
@@ -195,12 +206,7 @@ def load_sae(sae_cfg, model_cfg, device: str, dtype: torch.dtype, seed: int) -> 
         if not sae_cfg.d_sae:
             raise FeatsweepError("sae.random_init=true needs sae.d_sae (e.g. 24576 for gpt2-small-res-jb).")
         torch.manual_seed(seed + 1)
-        sae = StandardSAE(StandardSAEConfig(d_in=_d_in_for(model_cfg), d_sae=sae_cfg.d_sae, device=device, dtype=str(dtype).removeprefix("torch.")))
-        with torch.no_grad():  # unit-norm decoder rows and a small encoder bias give a sparse, realistic code
-            sae.W_dec.normal_()
-            sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
-            sae.W_enc.copy_(sae.W_dec.T)
-            sae.b_enc.fill_(-0.5)
+        sae = random_sae(_d_in_for(model_cfg), sae_cfg.d_sae, device=device, dtype=dtype)
         sae.cfg.metadata.hook_name = hook_name
         return sae, hook_name, neuronpedia_id, f"random:{sae_cfg.release}/{sae_cfg.sae_id}:d{sae_cfg.d_sae}:seed{seed}"
     path = entry.saes_map[sae_cfg.sae_id]
@@ -234,12 +240,51 @@ def check_fit(model: HookedTransformer, sae: SAE, hook_name: str) -> int:
 def read_generic_texts(model_cfg) -> list[str]:
     """Held-out generic text for features' max activations: the organism's own, else the packaged file."""
     if ModelSource(model_cfg.source) is ModelSource.organism:
-        from featsweep.organism import ASSETS_DIR
 
         path = (Path(model_cfg.assets_dir) if model_cfg.assets_dir else ASSETS_DIR) / "generic.txt"
     else:
         path = GENERIC_TEXT
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def max_activations(subject, texts: list[str], batch_size: int = 16, progress: bool = True) -> np.ndarray:
+    """Each feature's max SAE activation over ``texts`` ([d_sae]), the BOS position excluded.
+
+    Texts are right-padded within a batch; causal attention means padding cannot change earlier positions,
+    and padded positions are masked out.
+    """
+    model, sae = subject.model, subject.sae
+    out = torch.zeros(subject.d_sae, dtype=torch.float32)
+    if not texts:
+        return out.numpy()
+    n_ctx = int(model.cfg.n_ctx)
+    tokens = [model.to_tokens(text, prepend_bos=True)[0][:n_ctx].cpu() for text in texts]
+    order = np.argsort([len(t) for t in tokens], kind="stable")
+    captured: dict = {}
+
+    def grab(x, hook=None):
+        captured["x"] = x
+        return x
+
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc="gen max activations", leave=False,
+                          disable=not progress):
+            chunk = [tokens[i] for i in order[start : start + batch_size]]
+            lengths = torch.tensor([len(t) for t in chunk])
+            if int(lengths.max()) < 2:
+                continue  # only BOS: nothing to count
+            batch = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)
+            for row, toks in enumerate(chunk):
+                batch[row, : len(toks)] = toks
+                batch[row, len(toks):] = toks[-1]
+            model.run_with_hooks(batch.to(subject.device), fwd_hooks=[(subject.hook_name, grab)],
+                                 stop_at_layer=subject.layer + 1)
+            acts = sae.encode(captured["x"]).float().cpu()  # [b, T, d_sae]
+            positions = torch.arange(batch.shape[1])
+            valid = (positions[None, :] >= 1) & (positions[None, :] < lengths[:, None])
+            acts = acts.masked_fill(~valid[..., None], 0.0)
+            out = torch.maximum(out, acts.amax(dim=(0, 1)))
+    return out.numpy()
 
 
 def load_subject(cfg) -> Subject:
@@ -251,7 +296,6 @@ def load_subject(cfg) -> Subject:
         raise FeatsweepError("The organism's SAE only fits the organism model: use model=organism sae=organism together, "
                              "or pick a model and an SAE trained on it (e.g. experiment=seed).")
     if model_is_organism:
-        from featsweep.organism import load_organism
 
         try:
             model, sae, card = load_organism(cfg.model.assets_dir, device=device, dtype=dtype)

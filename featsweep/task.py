@@ -141,9 +141,7 @@ def load_task(task_cfg, model, seed: int) -> Task:
     answers = sorted(rows["answer_text"].unique())  # the answer set of the whole file, before any limit
     if len(answers) < 2:
         raise FeatsweepError("The task needs at least two distinct answers to form a logit difference.")
-    if task_cfg.limit is not None:
-        if task_cfg.limit < 2:
-            raise FeatsweepError(f"task.limit={task_cfg.limit}: keep at least 2 prompts.")
+    if task_cfg.limit is not None:  # >= 2, checked by TaskConfig
         rows = rows.iloc[: task_cfg.limit].reset_index(drop=True)
     # Seeded incorrect answer: uniform over the task's other answers (fixes the original's unseeded draw).
     rng = np.random.default_rng(seed)

@@ -1,8 +1,8 @@
 """MLflow: one run per job, its params/metrics/artifacts, resume, and a parent run per sweep.
 
 The job's run is owned by task code (``JobRun``), not by the Hydra callback, because rerunning a
-job from its saved config drops ``hydra.callbacks``. The callback (``SweepCallback``) only creates
-the store and experiment once, before any job starts, and manages the sweep's parent run.
+job from its saved config drops ``hydra.callbacks``. The sweep's parent run belongs to
+``featsweep.sweep.SweepCallback``.
 """
 
 from __future__ import annotations
@@ -14,14 +14,20 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
+import matplotlib.pyplot as plt
+import requests
 from filelock import FileLock
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from featsweep.errors import FeatsweepError
 from featsweep.results import StageResult
@@ -64,8 +70,6 @@ def _check_reachable(uri: str) -> None:
     parsed = urlparse(uri)
     if parsed.scheme not in ("http", "https"):
         return
-    import requests
-
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=5)
     except requests.RequestException:
@@ -87,7 +91,6 @@ def _check_writable_sqlite(uri: str) -> None:
 
 
 def client_for(uri: str):
-    from mlflow.tracking import MlflowClient
 
     _check_reachable(uri)
     _check_writable_sqlite(uri)
@@ -109,7 +112,6 @@ def ensure_experiment(uri: str, name: str, artifact_root: str) -> str:
 
 
 def hydra_output_dir() -> Optional[Path]:
-    from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
@@ -117,14 +119,11 @@ def hydra_output_dir() -> Optional[Path]:
 
 
 def hydra_overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
 
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -132,7 +131,6 @@ def is_multirun() -> bool:
 def find_parent_run_id() -> Optional[str]:
     if os.environ.get(PARENT_ENV):
         return os.environ[PARENT_ENV]
-    from hydra.core.hydra_config import HydraConfig
 
     if is_multirun():
         marker = Path(HydraConfig.get().sweep.dir) / PARENT_FILE
@@ -152,7 +150,7 @@ class JobRun:
     """The MLflow run of one job. Use as a context manager: an exception ends the run FAILED,
     with the error as a tag and a traceback artifact; what was logged before stays."""
 
-    def __init__(self, cfg: DictConfig, resolved: dict, out_dir: Optional[Path] = None):
+    def __init__(self, cfg: Any, resolved: dict, out_dir: Optional[Path] = None):
         self.cfg = cfg
         self.resolved = resolved
         self.out_dir = out_dir or hydra_output_dir() or Path(tempfile.mkdtemp(prefix="featsweep-"))
@@ -188,7 +186,6 @@ class JobRun:
         return self
 
     def _log_config(self) -> None:
-        from mlflow.entities import Param
 
         params = [Param(k[:250], v[:6000]) for k, v in flatten(self.resolved).items()]
         for start in range(0, len(params), 100):
@@ -205,8 +202,6 @@ class JobRun:
 
     def log_result(self, result: StageResult) -> None:
         """Write a stage's tables and figures under the job's output dir, then log everything."""
-        from mlflow.entities import Metric
-        import time
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in result.metrics.items() if v is not None]
@@ -218,11 +213,10 @@ class JobRun:
             self._log_file(artifact_path, lambda p, t=table: t.to_parquet(p, index=False))
         for artifact_path, figure in result.figures.items():
             self._log_file(artifact_path, lambda p, f=figure: f.savefig(p, dpi=110, bbox_inches="tight"))
-            import matplotlib.pyplot as plt
 
             plt.close(figure)
-        for artifact_path, local in result.files.items():
-            self.client.log_artifact(self.run_id, str(local), str(Path(artifact_path).parent) or None)
+        for artifact_path, content in result.files.items():
+            self._log_file(artifact_path, lambda p, c=content: p.write_bytes(c))
 
     def _log_file(self, artifact_path: str, write) -> None:
         local = self.out_dir / artifact_path
@@ -253,49 +247,3 @@ class JobRun:
             if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).exists():
                 handler.flush()
                 self.client.log_artifact(self.run_id, handler.baseFilename, "logs")
-
-
-class SweepCallback(Callback):
-    """Creates the store and experiment once before any job starts and opens the sweep's parent run."""
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracking = config.tracking
-        experiment_id = ensure_experiment(tracking.uri, tracking.experiment, tracking.artifact_root)
-        client = client_for(tracking.uri)
-        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        overrides = list(config.hydra.overrides.task)
-        run = client.create_run(
-            experiment_id,
-            run_name=f"sweep {sweep_dir.parent.name}/{sweep_dir.name}",
-            tags={"featsweep.role": "sweep", "featsweep.sweep_dir": str(sweep_dir), "featsweep.sweep_overrides": " ".join(overrides)},
-        )
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
-        os.environ[PARENT_ENV] = run.info.run_id
-        log.info("Sweep parent run %s", run.info.run_id)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        parent = os.environ.pop(PARENT_ENV, None)
-        if not parent:
-            return
-        client = client_for(config.tracking.uri)
-        children = client.search_runs(
-            [client.get_run(parent).info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000
-        )
-        failed = [run.info.run_id for run in children if run.info.status != "FINISHED"]
-        client.set_tag(parent, "featsweep.n_jobs_logged", str(len(children)))
-        client.set_tag(parent, "featsweep.n_jobs_failed", str(len(failed)))
-        try:
-            from featsweep.compare import summarize_sweep
-
-            summarize_sweep(client, parent)
-        except ImportError:
-            pass
-        except Exception as err:  # the summary must never lose the sweep's own status
-            log.warning("Cross-run summary failed: %s", err)
-            client.set_tag(parent, "featsweep.compare_error", str(err)[:5000])
-        client.set_terminated(parent, "FAILED" if failed else "FINISHED")
-        if failed:
-            print(f"featsweep: {len(failed)} of {len(children)} jobs failed: {', '.join(failed)}. "
-                  "See each run's 'featsweep.error' tag and error.txt artifact.", file=sys.stderr)
-            sys.exit(1)

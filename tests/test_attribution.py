@@ -16,13 +16,13 @@ from featsweep.attribution import (
     attribution_matrix,
     attribution_stage,
     compute_attributions,
-    max_activations,
     select_features,
     spliced_logits,
 )
 from featsweep.config import AttributionConfig, TaskConfig
+from featsweep.subject import max_activations
 from featsweep.task import load_task
-from tests.conftest import athlete_texts, tiny_subject_from
+from helpers import athlete_texts, make_word_tokenizer, tiny_subject_from
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,8 @@ def test_max_activations_excludes_bos(tiny_subject):
 
 def test_stage_outputs(tiny_subject, small_task):
     cfg = AttributionConfig(batch_size=8, selection="min_fraction", min_fraction=0.5)
-    attrs, matrix, result = attribution_stage(tiny_subject, small_task, cfg)
+    out, result = attribution_stage(tiny_subject, small_task, cfg)
+    attrs, matrix = out.attrs, out.matrix
     assert result.skip_reason is None
     logged = result.tables["tables/attributions.parquet"]
     assert {"prompt", "position", "feature", "value"} <= set(logged.columns)
@@ -216,7 +217,8 @@ def test_stage_no_feature_survives(tiny_subject, small_task):
     subject.sae = copy.deepcopy(tiny_subject.sae)
     with torch.no_grad():
         subject.sae.b_enc.fill_(-1e3)  # nothing is ever active
-    attrs, matrix, result = attribution_stage(subject, small_task, AttributionConfig(batch_size=8))
+    out, result = attribution_stage(subject, small_task, AttributionConfig(batch_size=8))
+    attrs, matrix = out.attrs, out.matrix
     assert matrix.shape == (small_task.n, 0)
     assert len(attrs.table) == 0
     assert result.skip_reason and "attribution." in result.skip_reason
@@ -230,7 +232,6 @@ def test_gpt2_shape_is_memory_bounded():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     from featsweep.subject import KNOWN_SHAPES, Subject
-    from tests.conftest import make_word_tokenizer
 
     tokenizer = make_word_tokenizer(athlete_texts())
     cfg = HookedTransformerConfig(**KNOWN_SHAPES["gpt2-small"], device="cpu", seed=0)

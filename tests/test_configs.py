@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,21 +11,16 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from conftest import REPO, run_featsweep
-from featsweep.config import Config, register_configs, to_container
+from helpers import CONF, REPO, compose_with, run_featsweep
+from featsweep.config import (AttributionConfig, ClusteringConfig, Config, SteeringConfig, TaskConfig, checked,
+                              to_container)
+from featsweep.errors import FeatsweepError
 
-CONF = REPO / "conf"
 GROUPS = ["model", "sae", "task", "attribution", "clustering", "steering", "tracking", "experiment"]
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_with(overrides: list[str]):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
@@ -74,3 +70,38 @@ def test_bad_override_on_the_command_line_is_readable(tmp_path):
     assert proc.returncode != 0
     assert "steering.factor" in proc.stderr and "Traceback" not in proc.stderr
     assert not (Path(tmp_path) / "mlflow.db").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("clustering.threshold=0", "clustering.threshold=0.0: use a correlation in (0, 1]"),
+    ("steering.engine=bogus", "expected one of [fast, reference]"),
+    ("steering.set_sizes=[0]", "steering.set_sizes=[0]"),
+    ("task.limit=1", "task.limit=1"),
+])
+def test_a_bad_value_fails_fast_on_the_command_line_and_creates_no_run(tmp_path, override, fragment):
+    start = time.perf_counter()
+    proc = run_featsweep(tmp_path, override)
+    seconds = time.perf_counter() - start
+    assert proc.returncode != 0 and fragment in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.count(fragment) == 1  # said once
+    assert not (tmp_path / "mlflow.db").exists()  # checked before any run or store exists
+    assert seconds < 30, seconds  # generous for a loaded CI machine; about 2 s when idle (no model loads)
+
+
+@pytest.mark.parametrize("section,values,fragment", [
+    ("clustering", dict(threshold=1.5), "clustering.threshold"),
+    ("clustering", dict(min_cluster_size=0), "clustering.min_cluster_size"),
+    ("clustering", dict(max_features=1), "clustering.max_features"),
+    ("clustering", dict(n_null=-1), "clustering.n_null"),
+    ("steering", dict(factor=float("inf")), "steering.factor"),
+    ("steering", dict(batch_size=0), "steering.batch_size"),
+    ("attribution", dict(min_fraction=0.0), "attribution.min_fraction"),
+    ("task", dict(limit=0), "task.limit"),
+])
+def test_each_section_checks_its_own_values(section, values, fragment):
+    schema = {"clustering": ClusteringConfig, "steering": SteeringConfig, "attribution": AttributionConfig,
+              "task": TaskConfig}[section]
+    with pytest.raises(FeatsweepError, match=fragment):
+        schema(**values)
+    with pytest.raises(FeatsweepError, match=fragment):  # and through a composed config, as a run sees it
+        checked(compose_with([f"{section}.{k}={'inf' if v == float('inf') else v}" for k, v in values.items()]))

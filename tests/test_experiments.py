@@ -15,6 +15,7 @@ from featsweep.errors import FeatsweepError
 from featsweep.experiments import SETS_TABLE, SINGLE_TABLE, mean_pairwise_corr, sample_sets, steering_stage
 from featsweep.stats import CENTRALITIES, centrality_regression, compare_within_between, rank_biserial
 from featsweep.task import baseline_performance
+from helpers import fake_attrs, fake_network
 
 CLUSTERS = {0: list(range(0, 6)), 1: list(range(10, 16)), 2: list(range(20, 25))}
 
@@ -54,19 +55,27 @@ def test_sampling_is_seeded():
     assert draw(seed=3) != draw(seed=4)
 
 
-@pytest.mark.parametrize("sizes,match", [([0, 1], "below 1"), ([-2], "below 1"), ([6], "kept cluster 2 has only 5")])
-def test_bad_set_sizes(sizes, match):
+def test_a_set_larger_than_a_kept_cluster_is_refused_where_the_data_is():
+    with pytest.raises(FeatsweepError, match="kept cluster 2 has only 5"):
+        draw(sizes=[6])
+
+
+@pytest.mark.parametrize("values,match", [(dict(set_sizes=[0, 1]), "set_sizes"), (dict(set_sizes=[-2]), "set_sizes"),
+                                          (dict(set_sizes=[]), "set_sizes"), (dict(samples_per_size=0), "samples_per_size")])
+def test_bad_set_values_are_refused_by_the_schema(values, match):
     with pytest.raises(FeatsweepError, match=match):
-        draw(sizes=sizes)
+        SteeringConfig(**values)
 
 
 def test_between_large_sets_and_single_cluster():
     with pytest.raises(FeatsweepError, match="between-cluster"):
         draw(sizes=[16], samplings=["between"])
-    assert draw(sizes=[7], samplings=["between"])  # 7 > K=3 is allowed: 3+2+2
+    sets = draw(sizes=[7], samplings=["between"])  # 7 > K=3 is allowed: 3+2+2 from the three clusters
+    assert len(sets) == 6
+    for s in sets:
+        per_cluster = Counter(next(c for c, members in CLUSTERS.items() if f in members) for f in s["features"])
+        assert len(set(s["features"])) == 7 and sorted(per_cluster.values()) == [2, 2, 3]
     assert all(s["sampling"] == "within" for s in draw(clusters={0: CLUSTERS[0]}))  # no between with one cluster
-    with pytest.raises(FeatsweepError, match="samples_per_size"):
-        draw(samples=0)
 
 
 def test_mean_pairwise_corr():
@@ -103,25 +112,8 @@ def test_compare_within_between_matches_scipy():
     assert np.isnan(compare_within_between([1.0], b)["p"])
 
 
-def fake_network(subject, n_per_cluster=(5, 5, 4), seed=0, kept=None):
-    rng = np.random.default_rng(seed)
-    total = sum(n_per_cluster)
-    feats = rng.choice(subject.d_sae, total, replace=False)
-    clusters = np.repeat(np.arange(len(n_per_cluster)), n_per_cluster)
-    kept = list(range(len(n_per_cluster))) if kept is None else kept
-    features = pd.DataFrame({"feature": feats, "cluster": clusters, "kept": np.isin(clusters, kept)})
-    for c in CENTRALITIES:
-        features[c] = rng.uniform(0, 1, total)
-    features["mean_abs"] = rng.uniform(0, 1, total)
-    features["gen_max_activation"] = rng.uniform(1, 3, total)
-    corr = pd.DataFrame(np.corrcoef(rng.normal(size=(total, 30))), index=feats, columns=feats)
-    return SimpleNamespace(features=features, corr=corr, kept_clusters=kept,
-                           partition=dict(zip(feats.tolist(), clusters.tolist())))
-
-
 @pytest.fixture(scope="module")
 def stage_inputs(tiny_subject, tiny_task):
-    from tests.test_steering import fake_attrs
 
     attrs = fake_attrs(tiny_subject, tiny_task)
     baseline = baseline_performance(tiny_subject.model, tiny_task)
@@ -133,7 +125,7 @@ def test_steering_stage_end_to_end(tiny_subject, tiny_task, stage_inputs):
     attrs, baseline, gen_max = stage_inputs
     network = fake_network(tiny_subject)
     cfg = SteeringConfig(factor=4.0, set_sizes=[1, 2, 3, 4], samples_per_size=3, batch_size=128)
-    result = steering_stage(tiny_subject, tiny_task, attrs, network, baseline, gen_max, cfg, seed=0)
+    _, result = steering_stage(tiny_subject, tiny_task, attrs, network, baseline, gen_max, cfg, seed=0)
     assert result.skip_reason is None
     single, sets = result.tables[SINGLE_TABLE], result.tables[SETS_TABLE]
     assert len(single) == 14 * tiny_task.n
@@ -152,7 +144,7 @@ def test_steering_stage_end_to_end(tiny_subject, tiny_task, stage_inputs):
     assert set(result.figures) == {"plots/steering_performance_vs_centrality.png", "plots/steering_within_vs_between.png",
                                    "plots/steering_cluster_breakdown.png", "plots/steering_linear_vs_exact.png"}
     # the same seed draws the same sets
-    again = steering_stage(tiny_subject, tiny_task, attrs, network, baseline, gen_max, cfg, seed=0)
+    _, again = steering_stage(tiny_subject, tiny_task, attrs, network, baseline, gen_max, cfg, seed=0)
     pd.testing.assert_frame_equal(again.tables[SETS_TABLE], sets)
     import matplotlib.pyplot as plt
 
@@ -165,8 +157,8 @@ def test_steering_stage_normalized_and_reference(tiny_subject, tiny_task, stage_
     network = fake_network(tiny_subject, n_per_cluster=(4, 4))
     common = dict(factor=6.0, set_sizes=[2], samples_per_size=2, normalize_by_set_size=True, mode="zero_ablate",
                   positions="last")
-    fast = steering_stage(tiny_subject, tiny_task, attrs, network, baseline, gen_max, SteeringConfig(**common), seed=1)
-    ref = steering_stage(tiny_subject, tiny_task, attrs, network, baseline, gen_max,
+    _, fast = steering_stage(tiny_subject, tiny_task, attrs, network, baseline, gen_max, SteeringConfig(**common), seed=1)
+    _, ref = steering_stage(tiny_subject, tiny_task, attrs, network, baseline, gen_max,
                          SteeringConfig(engine="reference", **common), seed=1)
     sets = fast.tables[SETS_TABLE]
     assert (sets["factor"] == 3.0).all()
@@ -180,11 +172,8 @@ def test_steering_stage_normalized_and_reference(tiny_subject, tiny_task, stage_
 def test_steering_stage_skips_without_kept_cluster(tiny_subject, tiny_task, stage_inputs):
     attrs, baseline, gen_max = stage_inputs
     network = fake_network(tiny_subject, kept=[])
-    result = steering_stage(tiny_subject, tiny_task, attrs, network, baseline, gen_max, SteeringConfig(), seed=0)
+    _, result = steering_stage(tiny_subject, tiny_task, attrs, network, baseline, gen_max, SteeringConfig(), seed=0)
     assert result.skip_reason and "no cluster" in result.skip_reason
-    with pytest.raises(FeatsweepError, match="below 1"):
-        steering_stage(tiny_subject, tiny_task, attrs, fake_network(tiny_subject), baseline, gen_max,
-                       SteeringConfig(set_sizes=[-1]), seed=0)
     with pytest.raises(FeatsweepError, match="within-cluster"):
         steering_stage(tiny_subject, tiny_task, attrs, fake_network(tiny_subject), baseline, gen_max,
                        SteeringConfig(set_sizes=[5]), seed=0)
@@ -195,7 +184,7 @@ def test_steering_stage_without_resid_grad_or_between(tiny_subject, tiny_task, s
     bare = SimpleNamespace(**{**vars(attrs), "resid_grad": []})
     network = fake_network(tiny_subject, n_per_cluster=(4,))
     cfg = SteeringConfig(set_sizes=[1, 2], samples_per_size=2, scale="unit")
-    result = steering_stage(tiny_subject, tiny_task, bare, network, baseline, None, cfg, seed=0)
+    _, result = steering_stage(tiny_subject, tiny_task, bare, network, baseline, None, cfg, seed=0)
     assert np.isnan(result.metrics["steering.linear_vs_exact_r"])
     assert "h2.p" not in result.metrics and "steering.h2" in result.tags
     assert "plots/steering_linear_vs_exact.png" not in result.figures

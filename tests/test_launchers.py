@@ -11,8 +11,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import mlflow_runs, run_featsweep
-from test_sweeps import QUICK, TASK_METRICS, artifacts
+from helpers import QUICK, TASK_METRICS, artifacts, mlflow_runs, run_featsweep
 
 pytestmark = pytest.mark.slow
 

@@ -3,6 +3,8 @@ thresholds are inclusive, and degenerate inputs give a skip reason instead of a 
 
 from __future__ import annotations
 
+import io
+
 import matplotlib.pyplot as plt
 import networkx as nx
 import numpy as np
@@ -11,19 +13,11 @@ import pytest
 from scipy import stats as sps
 from sklearn.metrics import adjusted_rand_score
 
-from featsweep import network as netmod
+from featsweep import graph as graphmod
 from featsweep.config import ClusteringConfig
-from featsweep.network import (
-    FEATURE_COLUMNS,
-    attribution_metrics,
-    build_graph,
-    centralities,
-    correlate,
-    detect_communities,
-    network_stage,
-    partition_modularity,
-    permutation_null,
-)
+from featsweep.graph import build_graph, centralities, correlate, detect_communities, partition_modularity
+from featsweep.h1 import permutation_null
+from featsweep.network import FEATURE_COLUMNS, attribution_metrics, network_stage
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +42,7 @@ def test_planted_partition_is_recovered(algorithm, tmp_path):
     cfg = ClusteringConfig(algorithm=algorithm, threshold=0.7, edges="positive", n_null=5, n_bootstrap=5)
     gen_max = np.linspace(0, 1, 24576)
     net, result = network_stage(matrix, cfg, seed=0, gen_max=gen_max, neuronpedia_id="gpt2-small/7-res-jb",
-                                out_dir=tmp_path, progress=False)
+                                progress=False)
     assert result.skip_reason is None
     found = [net.partition[f] for f in matrix.columns]
     assert adjusted_rand_score(truth, found) >= 0.9
@@ -70,7 +64,7 @@ def test_planted_partition_is_recovered(algorithm, tmp_path):
                  "violins_attribution", "null_edges", "null_modularity"]:
         assert f"plots/{name}.png" in result.figures
     # graphml carries the feature-table columns as node attributes
-    graph = nx.read_graphml(result.files["network/graph.graphml"], node_type=int)
+    graph = nx.read_graphml(io.BytesIO(result.files["network/graph.graphml"]), node_type=int)
     node = int(features["feature"].iloc[0])
     assert graph.nodes[node]["cluster"] == features["cluster"].iloc[0]
     assert graph.nodes[node]["betweenness"] == pytest.approx(features["betweenness"].iloc[0])
@@ -83,7 +77,7 @@ def test_permutation_null_on_noise():
     noise = pd.DataFrame(rng.normal(size=(n, p)))
     cfg = ClusteringConfig(threshold=0.25, edges="positive", n_null=30)
     null = permutation_null(noise, cfg, seed=0, progress=False)
-    observed = len(netmod.edge_list(correlate(noise.to_numpy()), 0.25, "positive")[0])
+    observed = len(graphmod.edge_list(correlate(noise.to_numpy()), 0.25, "positive")[0])
     # observed edges on pure noise lie inside the null distribution
     assert np.quantile(null["n_edges"], 0.01) <= observed <= np.quantile(null["n_edges"], 0.99)
     # and the null mean agrees with the exact null of a Pearson r: t = r sqrt((n-2)/(1-r^2)) ~ t(n-2)
@@ -97,7 +91,7 @@ def test_noise_network_is_within_null(tmp_path):
     rng = np.random.default_rng(4)
     noise = pd.DataFrame(rng.normal(size=(100, 40)))
     cfg = ClusteringConfig(threshold=0.2, edges="positive", n_null=30, n_bootstrap=0, min_cluster_size=2)
-    net, result = network_stage(noise, cfg, 0, None, None, tmp_path, progress=False)
+    net, result = network_stage(noise, cfg, 0, None, None, progress=False)
     assert result.metrics["network.n_edges"] > 0
     null = result.tables["tables/h1_null.parquet"]
     for column, observed in [("n_edges", result.metrics["network.n_edges"]),
@@ -132,7 +126,7 @@ def test_constant_features_are_dropped_and_counted(tmp_path):
     matrix, _ = planted(per=12, seed=2)
     matrix[5] = 1.5  # constant: no correlation exists
     matrix[6] = 0.0
-    net, result = network_stage(matrix, ClusteringConfig(n_null=0, n_bootstrap=0), 0, None, None, tmp_path,
+    net, result = network_stage(matrix, ClusteringConfig(n_null=0, n_bootstrap=0), 0, None, None,
                                 progress=False)
     assert result.metrics["network.n_constant_features"] == 2
     assert 5 not in net.graph and 6 not in net.corr.columns
@@ -173,7 +167,7 @@ def test_eigenvector_fallback_is_reported(monkeypatch):
     def fail(*args, **kwargs):
         raise nx.PowerIterationFailedConvergence(1000)
 
-    monkeypatch.setattr(netmod.nx, "eigenvector_centrality", fail)
+    monkeypatch.setattr(graphmod.nx, "eigenvector_centrality", fail)
     graph = nx.complete_graph(4)
     nx.set_edge_attributes(graph, 1.0, "weight")
     nx.set_edge_attributes(graph, 0.0, "distance")
@@ -211,10 +205,10 @@ def test_attribution_metrics_match_pandas():
 def test_min_cluster_size_is_inclusive(tmp_path):
     matrix, _ = planted(per=15)
     cfg = ClusteringConfig(min_cluster_size=15, n_null=0, n_bootstrap=0)
-    net, result = network_stage(matrix, cfg, 0, None, None, tmp_path, progress=False)
+    net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
     assert len(net.kept_clusters) == 3 and result.skip_reason is None
     cfg = ClusteringConfig(min_cluster_size=16, n_null=0, n_bootstrap=0)
-    net, result = network_stage(matrix, cfg, 0, None, None, tmp_path, progress=False)
+    net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
     assert net is not None and net.kept_clusters == []
     assert "clustering.min_cluster_size" in result.skip_reason
     assert "h1.tests_skipped" in result.tags
@@ -224,18 +218,18 @@ def test_no_edges_gives_skip_reason(tmp_path):
     rng = np.random.default_rng(6)
     noise = pd.DataFrame(rng.normal(size=(50, 20)))
     cfg = ClusteringConfig(threshold=0.95, n_null=3, n_bootstrap=3)
-    net, result = network_stage(noise, cfg, 0, None, None, tmp_path, progress=False)
+    net, result = network_stage(noise, cfg, 0, None, None, progress=False)
     assert net is not None and net.graph.number_of_edges() == 0 and net.kept_clusters == []
     assert "clustering.threshold" in result.skip_reason
     assert result.metrics["network.n_edges"] == 0
     assert result.tags["network.eigenvector_method"] == "undefined"
-    assert (tmp_path / "graph.graphml").exists()
+    assert result.files["network/graph.graphml"].startswith(b"<?xml")
 
 
 @pytest.mark.parametrize("n_features", [0, 1])
 def test_too_few_features_returns_none(tmp_path, n_features):
     matrix = pd.DataFrame(np.random.default_rng(0).normal(size=(10, n_features)))
-    net, result = network_stage(matrix, ClusteringConfig(), 0, None, None, tmp_path, progress=False)
+    net, result = network_stage(matrix, ClusteringConfig(), 0, None, None, progress=False)
     assert net is None and "attribution.selection" in result.skip_reason
 
 
@@ -243,7 +237,7 @@ def test_feature_cap_keeps_largest_mean_abs(tmp_path):
     matrix, _ = planted(per=10, seed=7)
     matrix = matrix * np.linspace(1, 3, matrix.shape[1])  # distinct scales
     cfg = ClusteringConfig(max_features=12, min_cluster_size=2, n_null=0, n_bootstrap=0)
-    net, result = network_stage(matrix, cfg, 0, None, None, tmp_path, progress=False)
+    net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
     expected = matrix.abs().mean().sort_values(ascending=False).index[:12]
     assert sorted(net.matrix.columns) == sorted(expected)
     assert result.metrics["network.n_capped_features"] == matrix.shape[1] - 12

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
-
 import mlflow
 import pytest
 
 from featsweep import pipeline
-from featsweep.cache import StageCache, cache_key
 from featsweep.errors import FeatsweepError
-from test_configs import compose_with
+from helpers import compose_with
 
 
 def compose_in(tmp_path, *overrides):
@@ -61,12 +58,13 @@ def test_no_cluster_reaching_the_minimum_size_skips_steering(tmp_path):
     ("clustering.threshold=1.5", "clustering.threshold"),
     ("stages=[]", "stages"),
 ])
-def test_bad_values_fail_with_a_message_naming_the_option(tmp_path, override, fragment):
+def test_bad_values_fail_before_any_run_with_a_message_naming_the_option(tmp_path, override, fragment):
     with pytest.raises(FeatsweepError, match=fragment):
         pipeline.run(compose_in(tmp_path, override), out_dir=tmp_path / "out")
+    assert not (tmp_path / "mlflow.db").exists()  # checked before the store is even opened
 
 
-def test_set_size_larger_than_a_cluster_allows(tmp_path):
+def test_set_size_larger_than_a_kept_cluster_fails_once_the_clusters_are_known(tmp_path):
     with pytest.raises(FeatsweepError, match="steering.set_sizes has n=500"):
         pipeline.run(compose_in(tmp_path, "steering.set_sizes=[1,500]"), out_dir=tmp_path / "out")
     run = only_run(tmp_path).iloc[0]
@@ -77,30 +75,3 @@ def test_same_config_and_seed_give_the_same_numbers(tmp_path):
     first = pipeline.run(compose_in(tmp_path, "cache.enabled=false"), out_dir=tmp_path / "a")["metrics"]
     second = pipeline.run(compose_in(tmp_path, "cache.enabled=false", "tracking.skip_finished=false"), out_dir=tmp_path / "b")["metrics"]
     assert first == second
-
-
-def test_cache_detects_a_corrupt_entry_and_recomputes(tmp_path):
-    cache = StageCache(tmp_path / "c")
-    key = cache_key("stage", a=1)
-    assert cache.get_or_compute("stage", key, lambda: {"x": 1}) == {"x": 1} and cache.status["stage"] == "miss"
-    assert cache.get_or_compute("stage", key, lambda: {"x": 2}) == {"x": 1} and cache.status["stage"] == "hit"
-    path = tmp_path / "c" / "stage" / f"{key}.pkl"
-    path.write_bytes(path.read_bytes()[:-5])  # a partial write
-    assert cache.get_or_compute("stage", key, lambda: {"x": 3}) == {"x": 3} and cache.status["stage"] == "miss"
-    raw = path.read_bytes()
-    path.write_bytes(raw[:65] + pickle.dumps({"x": 666}))  # a payload that does not match its checksum
-    assert cache.load("stage", key) is None
-    assert not list((tmp_path / "c" / "stage").glob(".tmp-*"))  # no temp files left behind
-
-
-def test_cache_keys_depend_on_exactly_their_inputs():
-    assert cache_key("attribution", task="t", attribution={"a": 1}) == cache_key("attribution", attribution={"a": 1}, task="t")
-    assert cache_key("attribution", task="t", attribution={"a": 1}) != cache_key("attribution", task="t", attribution={"a": 2})
-    assert cache_key("network", x=1) != cache_key("attribution", x=1)
-
-
-def test_unwritable_cache_dir(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    with pytest.raises(FeatsweepError, match="cache.dir"):
-        StageCache(blocker / "cache")

@@ -19,36 +19,12 @@ from featsweep.errors import FeatsweepError
 from featsweep.steering import (Condition, SteeringEngine, mean_activations, reference_run, run_conditions,
                                 steering_scales)
 from featsweep.task import PERFORMANCE_COLUMNS, baseline_performance
+from helpers import fake_attrs, resid_grads
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["negative", "zero_ablate", "mean_ablate"]
 SCALES = ["gen_max", "local_max", "unit"]
 POSITIONS = ["all", "non_bos", "last"]
-
-
-def fake_attrs(subject, task, seed: int = 0):
-    """Attributions-shaped input: a long table of activations (for local_max) and per-prompt resid grads."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for p in range(task.n):
-        for pos in range(int(task.lengths[p])):
-            for f in rng.choice(subject.d_sae, 6, replace=False):
-                rows.append((p, pos, int(f), rng.normal(), rng.uniform(0.1, 4.0)))
-    table = pd.DataFrame(rows, columns=["prompt", "position", "feature", "value", "activation"])
-    return SimpleNamespace(table=table, n_prompts=task.n, d_sae=subject.d_sae, prefix_len=task.prefix_len,
-                           lengths=task.lengths, resid_grad=resid_grads(subject, task))
-
-
-def resid_grads(subject, task) -> list[np.ndarray]:
-    """grad of task.logit_diff w.r.t. the hook activation, per prompt [T_p, d_model] (autograd)."""
-    model, out = subject.model, []
-    for i, tokens in enumerate(task.tokens):
-        with torch.enable_grad():
-            x = model(tokens[None], stop_at_layer=subject.layer).detach().requires_grad_(True)
-            logits = model(x, start_at_layer=subject.layer)[:, -1]
-            task.logit_diff(logits, [i]).sum().backward()
-        out.append(x.grad[0].numpy().copy())
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +109,6 @@ def test_run_conditions_dispatch(tiny_subject, tiny_task):
     fast = run_conditions(tiny_subject, tiny_task, SteeringConfig(engine="fast"), np.ones(tiny_subject.d_sae), conds, progress=False)
     ref = run_conditions(tiny_subject, tiny_task, SteeringConfig(engine="reference"), np.ones(tiny_subject.d_sae), conds, progress=False)
     np.testing.assert_allclose(fast["logit_diff"], ref["logit_diff"], atol=1e-4)
-    with pytest.raises(FeatsweepError, match="engine"):
-        run_conditions(tiny_subject, tiny_task, SteeringConfig(engine="turbo"), np.ones(tiny_subject.d_sae), conds)
 
 
 def test_steering_scales(tiny_subject, setup):

@@ -11,7 +11,7 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from featsweep.config import Device
 from featsweep.errors import FeatsweepError
 from featsweep.subject import check_fit, hook_layer, load_subject, neuronpedia_url, resolve_device
-from test_configs import compose_with
+from helpers import compose_with
 
 
 def test_offline_gpt2_gives_one_clear_error_without_hanging():

@@ -7,18 +7,7 @@ import mlflow
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from conftest import mlflow_runs, run_featsweep
-
-QUICK = ["stages=[task]"]
-TASK_METRICS = ["task.n_prompts", "task.accuracy", "task.mean_prob", "task.mean_rank", "task.mean_top10_entropy"]
-
-
-def artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
-    out = set()
-    for item in client.list_artifacts(run_id, path):
-        out |= artifacts(client, run_id, item.path) if item.is_dir else {item.path}
-    return out
-
+from helpers import QUICK, TASK_METRICS, artifacts, mlflow_runs, run_featsweep
 
 def test_single_run_logs_config_params_metrics_and_tables(tmp_path):
     proc = run_featsweep(tmp_path, *QUICK, "task.limit=12")
@@ -59,18 +48,28 @@ def test_multirun_makes_one_parent_and_a_child_per_job(tmp_path):
 
 
 def test_a_failing_job_ends_failed_and_the_other_job_finishes(tmp_path):
-    proc = run_featsweep(tmp_path, "-m", *QUICK, "task.limit=1,6")
+    proc = run_featsweep(tmp_path, "-m", *QUICK, "task.limit=6", "task.answer_column=sportz,answer")
     assert proc.returncode == 1
     assert "1 of 2 jobs failed" in proc.stderr
     runs = mlflow_runs(tmp_path)
-    children = runs[runs["tags.mlflow.parentRunId"].notna()].set_index("params.task.limit")
-    assert children.loc["6", "status"] == "FINISHED"
-    failed = children.loc["1"]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()].set_index("params.task.answer_column")
+    assert children.loc["answer", "status"] == "FINISHED"
+    failed = children.loc["sportz"]
     assert failed["status"] == "FAILED"
-    assert "task.limit=1" in failed["tags.featsweep.error"]
+    assert "sportz" in failed["tags.featsweep.error"]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert {"error.txt", "config/config.yaml"} <= artifacts(client, failed["run_id"])  # what was logged before stays
     assert failed["params.model.source"] == "organism"
+    assert runs[runs["tags.featsweep.role"] == "sweep"].iloc[0]["status"] == "FAILED"
+
+
+def test_a_bad_config_value_in_a_sweep_creates_no_run_and_fails_the_sweep(tmp_path):
+    proc = run_featsweep(tmp_path, "-m", *QUICK, "task.limit=1,6")
+    assert proc.returncode == 1
+    assert "1 of 2 jobs failed" in proc.stderr and "task.limit=1" in proc.stderr
+    runs = mlflow_runs(tmp_path)
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert children["params.task.limit"].tolist() == ["6"] and children["status"].tolist() == ["FINISHED"]
     assert runs[runs["tags.featsweep.role"] == "sweep"].iloc[0]["status"] == "FAILED"
 
 

@@ -60,11 +60,15 @@ def test_task_from_jsonl_with_named_columns(tiny_subject, tmp_path):
 @pytest.mark.parametrize("cfg,fragment", [
     (TaskConfig(path="/nonexistent.csv"), "does not exist"),
     (TaskConfig(answer_column="sportz"), "no column 'sportz'"),
-    (TaskConfig(limit=1), "task.limit=1"),
 ])
 def test_bad_task_input(tiny_subject, cfg, fragment):
     with pytest.raises(FeatsweepError, match=fragment):
         load_task(cfg, tiny_subject.model, seed=0)
+
+
+def test_too_few_prompts_are_refused_by_the_schema():
+    with pytest.raises(FeatsweepError, match="task.limit=1"):
+        TaskConfig(limit=1)
 
 
 def test_shared_prefix_len():

@@ -1,0 +1,177 @@
+"""The graph engine: correlation -> thresholded graph -> communities -> centrality, on plain arrays.
+
+Conventions (each one is an option or a documented choice):
+
+* **Correlation.** Pearson (default) or Spearman (Pearson of the column ranks, average ranks for ties)
+  across prompts. Constant columns have no defined correlation: callers drop them first.
+* **Edges.** ``clustering.edges=abs``: an edge when ``|r| >= clustering.threshold``, weight ``|r|``.
+  ``clustering.edges=positive``: an edge when ``r >= threshold``, weight ``r``. The comparison is inclusive,
+  with a 1e-9 allowance for floating-point round-off (so ``r = 0.7`` computed as 0.69999999999 is an edge).
+  Every edge also carries ``r`` (signed) and ``distance = 1 - weight``.
+* **Weights.** ``clustering.weighted=true``: community detection, modularity and eigenvector centrality use
+  ``weight``; betweenness and closeness use the path length ``distance = 1 - weight`` (strongly correlated
+  features are close). ``weighted=false``: every edge counts 1 (hop counts). Degree centrality is always the
+  networkx fraction of other nodes a node is joined to.
+* **Communities.** greedy_modularity (networkx), louvain (networkx, seeded) or leiden (igraph + leidenalg,
+  ``RBConfigurationVertexPartition`` with ``resolution_parameter=clustering.resolution``, seeded). Cluster ids are
+  renumbered by size, 0 = largest (ties: lower smallest feature id first).
+* **Eigenvector centrality.** Power iteration (``max_iter=1000``); if it does not converge, the numpy
+  eigen-solver is used and the tag ``network.eigenvector_method`` says so (metric
+  ``network.eigenvector_converged`` = 0). The column is never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from featsweep.config import ClusteringConfig, CommunityAlgorithm, CorrelationMethod, EdgeSign
+
+log = logging.getLogger(__name__)
+
+EDGE_TOLERANCE = 1e-9
+
+
+def correlate(values: np.ndarray, method: CorrelationMethod | str = CorrelationMethod.pearson) -> np.ndarray:
+    """Feature x feature correlation of a prompts x features array whose columns are not constant."""
+    values = np.asarray(values, dtype=float)
+    if CorrelationMethod(method) is CorrelationMethod.spearman:
+        values = sps.rankdata(values, axis=0)
+    centred = values - values.mean(axis=0)
+    norms = np.sqrt((centred**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = centred / norms
+        corr = z.T @ z
+    corr = np.nan_to_num(corr, nan=0.0)  # only reachable for constant columns, which callers drop
+    np.clip(corr, -1.0, 1.0, out=corr)
+    np.fill_diagonal(corr, 1.0)
+    return corr
+
+
+def edge_list(corr: np.ndarray, threshold: float, edges: EdgeSign | str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Upper-triangle (i, j, r) of the pairs that pass the threshold (inclusive, see module docstring)."""
+    i, j = np.triu_indices(corr.shape[0], k=1)
+    r = corr[i, j]
+    score = np.abs(r) if EdgeSign(edges) is EdgeSign.abs else r
+    keep = score >= threshold - EDGE_TOLERANCE
+    return i[keep], j[keep], r[keep]
+
+
+def _graph_from_pairs(features: list[int], i, j, r, edges: EdgeSign | str) -> nx.Graph:
+    graph = nx.Graph()
+    graph.add_nodes_from(features)
+    signed = EdgeSign(edges) is EdgeSign.positive
+    for a, b, value in zip(i, j, r):
+        weight = float(value) if signed else float(abs(value))
+        graph.add_edge(features[a], features[b], weight=weight, r=float(value), distance=max(0.0, 1.0 - weight))
+    return graph
+
+
+def build_graph(corr: pd.DataFrame, threshold: float, edges: EdgeSign | str) -> nx.Graph:
+    """Nodes = every feature of ``corr`` (isolated ones included); edges with weight, r and distance."""
+    i, j, r = edge_list(corr.to_numpy(), threshold, edges)
+    return _graph_from_pairs([int(f) for f in corr.columns], i, j, r, edges)
+
+
+def top_pairs_graph(corr: np.ndarray, features: list[int], n_edges: int, edges: EdgeSign | str) -> nx.Graph:
+    """The graph of the ``n_edges`` strongest pairs (by |r| or r, whatever the threshold; only r > 0 in
+    positive mode): a null graph with the observed edge count, so its modularity is comparable."""
+    i, j = np.triu_indices(corr.shape[0], k=1)
+    r = corr[i, j]
+    score = np.abs(r) if EdgeSign(edges) is EdgeSign.abs else r
+    order = np.argsort(-score, kind="stable")[:n_edges]
+    order = order[score[order] > 0]
+    return _graph_from_pairs(features, i[order], j[order], r[order], edges)
+
+
+def _relabel(communities: list[set]) -> dict[int, int]:
+    ordered = sorted((sorted(c) for c in communities if c), key=lambda c: (-len(c), c[0]))
+    return {int(f): cid for cid, members in enumerate(ordered) for f in members}
+
+
+def detect_communities(graph: nx.Graph, algorithm: CommunityAlgorithm | str, weighted: bool = True,
+                       resolution: float = 1.0, seed: int = 0) -> dict[int, int]:
+    """feature -> cluster id (0 = largest). A graph with no edges gives singletons."""
+    algorithm = CommunityAlgorithm(algorithm)
+    nodes = list(graph.nodes)
+    if graph.number_of_edges() == 0:
+        return _relabel([{n} for n in nodes])
+    weight = "weight" if weighted else None
+    if algorithm is CommunityAlgorithm.greedy_modularity:
+        communities = nx.community.greedy_modularity_communities(graph, weight=weight, resolution=resolution)
+    elif algorithm is CommunityAlgorithm.louvain:
+        communities = nx.community.louvain_communities(graph, weight=weight, resolution=resolution, seed=seed)
+    else:
+        import igraph as ig
+        import leidenalg
+
+        index = {n: k for k, n in enumerate(nodes)}
+        g = ig.Graph(n=len(nodes), edges=[(index[a], index[b]) for a, b in graph.edges])
+        weights = [float(d["weight"]) for _, _, d in graph.edges(data=True)] if weighted else None
+        part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights=weights,
+                                        resolution_parameter=resolution, seed=int(seed) % (2**31 - 1),
+                                        n_iterations=-1)
+        communities = [{nodes[k] for k in members} for members in part]
+    return _relabel(list(communities))
+
+
+def partition_modularity(graph: nx.Graph, partition: dict[int, int], weighted: bool = True,
+                         resolution: float = 1.0) -> float:
+    """networkx modularity of the partition (NaN for a graph without edges)."""
+    if graph.number_of_edges() == 0:
+        return float("nan")
+    groups: dict[int, set] = {}
+    for node, cid in partition.items():
+        groups.setdefault(cid, set()).add(node)
+    return float(nx.community.modularity(graph, list(groups.values()), weight="weight" if weighted else None,
+                                         resolution=resolution))
+
+
+def centralities(graph: nx.Graph, weighted: bool = True) -> tuple[pd.DataFrame, str]:
+    """degree, betweenness, closeness and eigenvector centrality per node, and how eigenvector was found.
+
+    Method is ``power_iteration``, ``numpy_fallback`` (power iteration did not converge) or ``undefined``
+    (no edges: every node gets 0).
+    """
+    nodes = list(graph.nodes)
+    distance = "distance" if weighted else None
+    weight = "weight" if weighted else None
+    degree = nx.degree_centrality(graph) if len(nodes) > 1 else {n: 0.0 for n in nodes}
+    betweenness = nx.betweenness_centrality(graph, weight=distance, normalized=True)
+    closeness = nx.closeness_centrality(graph, distance=distance)
+    if graph.number_of_edges() == 0:
+        eigen, method = {n: 0.0 for n in nodes}, "undefined"
+    else:
+        try:
+            eigen, method = nx.eigenvector_centrality(graph, max_iter=1000, weight=weight), "power_iteration"
+        except (nx.PowerIterationFailedConvergence, ZeroDivisionError):
+            eigen, method = nx.eigenvector_centrality_numpy(graph, weight=weight), "numpy_fallback"
+            eigen = {n: abs(float(v)) for n, v in eigen.items()}
+            log.warning("Eigenvector centrality did not converge by power iteration; used the numpy eigen-solver.")
+    frame = pd.DataFrame({
+        "feature": nodes,
+        "degree": [degree[n] for n in nodes],
+        "betweenness": [betweenness[n] for n in nodes],
+        "closeness": [closeness[n] for n in nodes],
+        "eigenvector": [float(eigen[n]) for n in nodes],
+    })
+    return frame, method
+
+
+def cluster_matrix(values: np.ndarray, features: list[int], cfg: ClusteringConfig, seed: int
+                   ) -> tuple[nx.Graph, dict[int, int], float]:
+    """The whole pipeline on a prompts x features array: correlate, threshold, cluster, modularity.
+
+    Constant columns are dropped first (so a resample can be clustered safely).
+    """
+    values = np.asarray(values, dtype=float)
+    keep = np.ptp(values, axis=0) > 0
+    feats = [f for f, k in zip(features, keep) if k]
+    corr = pd.DataFrame(correlate(values[:, keep], cfg.method), index=feats, columns=feats)
+    graph = build_graph(corr, cfg.threshold, cfg.edges)
+    partition = detect_communities(graph, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
+    return graph, partition, partition_modularity(graph, partition, cfg.weighted, cfg.resolution)
