@@ -12,7 +12,8 @@ import time
 import pytest
 import torch
 
-from featsweep.organism import ASSETS_DIR, load_organism, measure_card
+from featsweep.organism import ASSETS_DIR, available_layers, load_organism, measure_card
+from featsweep.organism.card import measure_sae
 from featsweep.organism.corpus import SPORTS, build_corpus, fact_task_athletes_in, load_task_athletes
 
 SHIPPED = (ASSETS_DIR / "model_card.json").exists()
@@ -28,8 +29,18 @@ def shipped():
 
 @pytest.fixture(scope="module")
 def remeasured(shipped):
-    model, sae, card = shipped
-    return measure_card(model, sae, card["hook_name"])
+    model, _, _ = shipped
+    return measure_card(model)
+
+
+@pytest.fixture(scope="module")
+def remeasured_saes(shipped):
+    model, _, _ = shipped
+    out = {}
+    for layer in available_layers():
+        _, sae, meta = load_organism(layer=layer)
+        out[str(layer)] = measure_sae(model, sae, meta["hook_name"])
+    return out
 
 
 def test_shipped_loads(shipped):
@@ -38,7 +49,7 @@ def test_shipped_loads(shipped):
     from transformer_lens import HookedTransformer
 
     assert isinstance(model, HookedTransformer) and isinstance(sae, SAE)
-    assert card["hook_name"] == "blocks.2.hook_resid_pre"
+    assert card["hook_name"] == f"blocks.{card['default_layer']}.hook_resid_pre" and card["layer"] == card["default_layer"]
     assert model.cfg.n_layers >= 4
     assert sae.cfg.d_in == model.cfg.d_model and sae.cfg.d_sae >= 8 * model.cfg.d_model
     assert model.to_tokens("Fact: x")[0, 0].item() == model.tokenizer.bos_token_id
@@ -47,29 +58,50 @@ def test_shipped_loads(shipped):
     assert cache[card["hook_name"]].shape[-1] == sae.cfg.d_in
 
 
-@pytest.mark.parametrize(
-    "key,tol",
-    [("task_accuracy", 1e-9), ("task_mean_prob", 1e-4), ("sae_explained_variance", 1e-4),
-     ("sae_mean_l0", 1e-3), ("sae_dead_fraction", 2e-3), ("n_features_active_ge90pct_task_prompts", 1)],
-)
+def test_an_sae_at_every_layer(shipped):
+    model, _, card = shipped
+    assert available_layers() == list(range(model.cfg.n_layers))
+    for layer in available_layers():
+        _, sae, meta = load_organism(layer=layer)
+        assert meta["hook_name"] == f"blocks.{layer}.hook_resid_pre" and sae.cfg.d_in == model.cfg.d_model
+    with pytest.raises(LookupError, match="sae.layer can be one of: 0, 1, 2, 3"):
+        load_organism(layer=model.cfg.n_layers)
+
+
+@pytest.mark.parametrize("key,tol", [("task_accuracy", 1e-9), ("task_mean_prob", 1e-4)])
 def test_card_is_remeasured(shipped, remeasured, key, tol):
     card = json.loads((ASSETS_DIR / "model_card.json").read_text())
     assert remeasured[key] == pytest.approx(card[key], abs=tol)
 
 
-def test_card_targets(remeasured):
+@pytest.mark.parametrize(
+    "key,tol",
+    [("sae_explained_variance", 1e-4), ("sae_mean_l0", 1e-3), ("sae_dead_fraction", 2e-3),
+     ("n_features_active_ge90pct_task_prompts", 1)],
+)
+def test_sae_cards_are_remeasured(remeasured_saes, key, tol):
+    card = json.loads((ASSETS_DIR / "model_card.json").read_text())
+    assert set(card["saes"]) == set(remeasured_saes)
+    for layer, measured in remeasured_saes.items():
+        assert measured[key] == pytest.approx(card["saes"][layer][key], abs=tol), f"layer {layer}"
+
+
+def test_card_targets(remeasured, remeasured_saes):
     # recomputed from the weights, not read from the card
     assert 0.5 <= remeasured["task_accuracy"] <= 0.95
-    assert remeasured["sae_explained_variance"] >= 0.8
-    assert 3 <= remeasured["sae_mean_l0"] <= 64
+    for measured in remeasured_saes.values():
+        assert measured["sae_explained_variance"] >= 0.8
+        assert 3 <= measured["sae_mean_l0"] <= 64
 
 
 def test_card_records_provenance():
     if not SHIPPED:
         pytest.skip("no shipped card")
     card = json.loads((ASSETS_DIR / "model_card.json").read_text())
-    for k in ("seed", "command", "final_train_loss", "train_wall_time_s", "d_model", "d_sae", "hook_name"):
+    for k in ("seed", "command", "final_train_loss", "train_wall_time_s", "d_model", "default_layer", "saes"):
         assert k in card
+    for sae_card in card["saes"].values():
+        assert {"hook_name", "d_sae"} <= set(sae_card)
     assert card["command"].startswith("python -m featsweep.organism.train")
 
 
@@ -82,6 +114,9 @@ def test_quick_train_from_scratch(tmp_path):
     model, sae, card = load_organism(tmp_path)
     assert card["quick"] is True and card["hook_name"] == "blocks.2.hook_resid_pre"
     assert card["assets_dir"] == str(tmp_path)
+    assert available_layers(tmp_path) == list(range(model.cfg.n_layers)) and set(card["saes"]) == {"0", "1", "2"}
+    _, sae0, meta0 = load_organism(tmp_path, layer=0)
+    assert meta0["hook_name"] == "blocks.0.hook_resid_pre" and sae0.cfg.d_in == model.cfg.d_model
     assert sae.cfg.d_in == model.cfg.d_model
     logits = model("Fact: Derek Jeter plays the sport of")
     assert logits.shape[-1] == model.cfg.d_vocab and torch.isfinite(logits).all()
