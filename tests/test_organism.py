@@ -158,3 +158,55 @@ def test_missing_assets_give_a_clear_error(tmp_path):
         load_organism(tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m featsweep.organism.train"):
         load_organism(tmp_path / "nope")
+
+
+def test_organism_task_file_is_every_corpus_athlete(tmp_path):
+    from featsweep.organism.corpus import ORGANISM_TASK_CSV, write_organism_task
+
+    corpus = build_corpus(seed=0)
+    fresh = write_organism_task(corpus, tmp_path / "organism_athletes.csv")
+    assert fresh.read_text() == ORGANISM_TASK_CSV.read_text()
+    assert len(ORGANISM_TASK_CSV.read_text().splitlines()) == 1 + len(corpus.athletes)
+
+
+@pytest.fixture(scope="module")
+def control():
+    if not SHIPPED:
+        pytest.skip("no shipped assets")
+    from featsweep.organism.control import build_network
+
+    return build_network()
+
+
+def test_positive_control_is_remeasured(control):
+    # the default run's network, rebuilt from the weights by the pipeline's own functions, against the card
+    from featsweep.organism.control import NETWORK_KEYS, cluster_sports
+
+    card = json.loads((ASSETS_DIR / "model_card.json").read_text())["positive_control"]
+    for key in NETWORK_KEYS:
+        assert control["metrics"][key] == pytest.approx(card[key], rel=1e-6, abs=1e-9), key
+    assert control["subject"].hook_name == card["hook_name"]
+    clusters = cluster_sports(control)
+    assert set(clusters) == set(card["clusters"])
+    for c, measured in clusters.items():
+        assert measured["eta2_sport"] == pytest.approx(card["clusters"][c]["eta2_sport"], abs=1e-6)
+
+
+def test_positive_control_finds_structure(control):
+    # the bar for a positive control, on numbers re-measured from the weights
+    m = control["metrics"]
+    assert m["h1.matched_modularity_z"] >= 3
+    assert m["h1.bootstrap_ari_mean"] >= 0.6
+    assert m["network.n_edges"] >= 5 * m["h1.null_edges_mean"]
+    assert m["network.n_kept_clusters"] >= 2
+
+
+@pytest.mark.slow
+def test_default_factor_does_not_floor_the_task(control):
+    from featsweep.organism.control import steering_single_mean_prob
+
+    card = json.loads((ASSETS_DIR / "model_card.json").read_text())["positive_control"]
+    single = steering_single_mean_prob(control)
+    base = control["task_metrics"]["task.mean_prob"]
+    assert 0.25 <= single / base <= 0.75
+    assert single == pytest.approx(card["steering.single.mean_prob"], abs=1e-4)

@@ -22,7 +22,7 @@ CORPUS_META = "corpus_meta.json"
 
 BOS = "<|endoftext|>"
 PAD = "<|pad|>"
-DEFAULT_LAYER = 2  # used when the card names no default layer
+DEFAULT_LAYER = 3  # the layer the default run studies when the card names none (conf/sae/organism.yaml sets sae.layer)
 DEFAULT_HOOK = f"blocks.{DEFAULT_LAYER}.hook_resid_pre"
 
 _RETRAIN = "python -m featsweep.organism.train"

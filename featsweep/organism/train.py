@@ -293,10 +293,11 @@ def run(out: Path, quick: bool = False, seed: int = 0, command: str | None = Non
         settings=asdict(s),
         eval_note="SAE metrics on held-out activations (generic.txt + heldout.txt), BOS and padding excluded",
     )
-    if sae_only:
-        card["sae_only_command"] = card.pop("command")
+    if sae_only:  # the model's command stays; each --sae-only pass is appended to the history
+        history = list(old_card.get("sae_only_runs", []))
+        history.append({"command": card.pop("command"), "layers": layers, "wall_time_s": round(time.time() - t0, 1)})
         card["command"] = old_card.get("command", "python -m featsweep.organism.train")
-        card["sae_only_wall_time_s"] = round(time.time() - t0, 1)
+        card["sae_only_runs"] = history
     (out / CARD).write_text(json.dumps(card, indent=1))
     log(json.dumps({k: v for k, v in card.items() if k != "settings"}, indent=1))
     return card
@@ -323,7 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: $FEATSWEEP_THREADS or 1)")
     p.add_argument("--sae-only", action="store_true", help="keep the model in --out; (re)train only the SAEs")
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="layers to train SAEs for (default: every layer)")
+    p.add_argument("--layers", type=int, nargs="*", default=None,
+                   help="layers to train SAEs for (default: every layer; none with --sae-only: re-measure the card only)")
     args = p.parse_args(argv)
     logging.getLogger("sae_lens").setLevel(logging.ERROR)
     argv_str = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
