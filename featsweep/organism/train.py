@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .card import measure_card, measure_sae, task_metrics
-from .corpus import SPORTS, build_corpus
+from .corpus import SPORTS, build_corpus, write_organism_task
 from .load import (
     ASSETS_DIR, BOS, CARD, CORPUS_META, DEFAULT_LAYER, GENERIC, HELDOUT, MODEL_CONFIG,
     MODEL_WEIGHTS, PAD, TOKENIZER, available_layers, build_model, hook_for, load_organism,
@@ -245,6 +245,8 @@ def run(out: Path, quick: bool = False, seed: int = 0, command: str | None = Non
         (out / GENERIC).write_text("\n".join(corpus.generic) + "\n")
         (out / HELDOUT).write_text("\n".join(corpus.heldout) + "\n")
         (out / CORPUS_META).write_text(json.dumps(corpus.meta, indent=1))
+        if out.resolve() == ASSETS_DIR.resolve():  # the default task lists every athlete of the shipped corpus
+            write_organism_task(corpus)
         log(f"corpus: {corpus.meta['n_athletes']} athletes, {corpus.meta['n_training_sentences']} sentences, "
             f"{len(corpus.fact_task_names)} task athletes with the Fact template")
 
