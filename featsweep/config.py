@@ -134,6 +134,9 @@ class ModelConfig:
 class SaeConfig:
     source: SaeSource = SaeSource.organism
     release: Optional[str] = None  # SAE Lens registry release, e.g. gpt2-small-res-jb
+    # The residual-stream layer the SAE reads (blocks.<layer>.hook_resid_pre): the one knob for a layer sweep.
+    # Registry presets derive sae_id/hook_name from it; for the organism it picks one of the shipped SAEs.
+    layer: Optional[int] = None
     sae_id: Optional[str] = None  # e.g. blocks.7.hook_resid_pre
     hook_name: Optional[str] = None  # where the SAE splices in; checked against the model
     d_sae: Optional[int] = None  # dictionary size, used by random_init

@@ -198,8 +198,7 @@ def load_sae(sae_cfg, model_cfg, device: str, dtype: torch.dtype, seed: int) -> 
         raise FeatsweepError("sae.source=sae_lens needs sae.release and sae.sae_id (e.g. sae=gpt2-small-res-jb).")
     entry = _registry_entry(sae_cfg.release)
     if sae_cfg.sae_id not in entry.saes_map:
-        raise FeatsweepError(f"sae.sae_id='{sae_cfg.sae_id}' is not in release '{sae_cfg.release}'. "
-                             f"Choose one of: {', '.join(list(entry.saes_map)[:12])}")
+        raise FeatsweepError(_unknown_sae_id(sae_cfg, entry.saes_map))
     neuronpedia_id = (entry.neuronpedia_id or {}).get(sae_cfg.sae_id)
     hook_name = sae_cfg.hook_name or sae_cfg.sae_id
     if sae_cfg.random_init:
@@ -216,6 +215,19 @@ def load_sae(sae_cfg, model_cfg, device: str, dtype: torch.dtype, seed: int) -> 
     except OSError as err:
         raise FeatsweepError(f"Could not load SAE '{sae_cfg.release}/{sae_cfg.sae_id}': {err}. {OFFLINE_FIX}") from None
     return sae, hook_name, neuronpedia_id, f"sae_lens:{sae_cfg.release}/{sae_cfg.sae_id}"
+
+
+def _registry_layers(saes_map) -> list[int]:
+    return sorted({int(m.group(1)) for m in (re.match(r"blocks\.(\d+)\.hook_resid_pre$", k) for k in saes_map) if m})
+
+
+def _unknown_sae_id(sae_cfg, saes_map) -> str:
+    """One line: the layers that have an SAE when sae.layer asked for another, else the release's ids."""
+    if sae_cfg.layer is not None and sae_cfg.sae_id == f"blocks.{sae_cfg.layer}.hook_resid_pre":
+        return (f"sae.layer={sae_cfg.layer}: release '{sae_cfg.release}' has no SAE at that layer; sae.layer can be one of: "
+                f"{', '.join(map(str, _registry_layers(saes_map)))}.")
+    return (f"sae.sae_id='{sae_cfg.sae_id}' is not in release '{sae_cfg.release}'. "
+            f"Choose one of: {', '.join(list(saes_map)[:12])}")
 
 
 def _d_in_for(model_cfg) -> int:
@@ -298,17 +310,20 @@ def load_subject(cfg) -> Subject:
     if model_is_organism:
 
         try:
-            model, sae, card = load_organism(cfg.model.assets_dir, device=device, dtype=dtype)
-        except FileNotFoundError as err:
+            model, sae, card = load_organism(cfg.model.assets_dir, device=device, dtype=dtype, layer=cfg.sae.layer)
+        except (FileNotFoundError, LookupError) as err:
             raise FeatsweepError(str(err)) from None
         hook_name, neuronpedia_id, notes = card["hook_name"], None, {"model.weights": "organism"}
-        model_id = sae_id = f"organism:{_assets_digest(cfg.model.assets_dir)}"
+        model_id = f"organism:{_assets_digest(cfg.model.assets_dir)}"
+        sae_id = f"{model_id}:{hook_name}"
     else:
         model, notes, model_id = load_model(cfg.model, device, dtype, cfg.seed)
         sae, hook_name, neuronpedia_id, sae_id = load_sae(cfg.sae, cfg.model, device, dtype, cfg.seed)
     if cfg.sae.hook_name and cfg.sae.hook_name != hook_name:
         raise FeatsweepError(f"sae.hook_name='{cfg.sae.hook_name}' disagrees with the SAE's own hook '{hook_name}'.")
     layer = check_fit(model, sae, hook_name)
+    if cfg.sae.layer is not None and cfg.sae.layer != layer:
+        raise FeatsweepError(f"sae.layer={cfg.sae.layer} disagrees with the SAE's hook '{hook_name}' (layer {layer}).")
     model.eval()
     sae.eval()
     for param in list(model.parameters()) + list(sae.parameters()):

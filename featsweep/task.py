@@ -84,6 +84,8 @@ class Task:
 
 def read_task_rows(task_cfg) -> pd.DataFrame:
     path = Path(task_cfg.path) if task_cfg.path else ATHLETES
+    if not path.is_absolute() and not path.exists() and (ATHLETES.parent / path).exists():
+        path = ATHLETES.parent / path  # a task file shipped in featsweep/data, named by file name
     if not path.exists():
         raise FeatsweepError(f"task.path={path} does not exist. Give a CSV or JSONL file, or task.path=null for the athletes task.")
     if path.suffix == ".csv":

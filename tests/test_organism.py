@@ -12,7 +12,8 @@ import time
 import pytest
 import torch
 
-from featsweep.organism import ASSETS_DIR, load_organism, measure_card
+from featsweep.organism import ASSETS_DIR, available_layers, load_organism, measure_card
+from featsweep.organism.card import measure_sae
 from featsweep.organism.corpus import SPORTS, build_corpus, fact_task_athletes_in, load_task_athletes
 
 SHIPPED = (ASSETS_DIR / "model_card.json").exists()
@@ -28,8 +29,18 @@ def shipped():
 
 @pytest.fixture(scope="module")
 def remeasured(shipped):
-    model, sae, card = shipped
-    return measure_card(model, sae, card["hook_name"])
+    model, _, _ = shipped
+    return measure_card(model)
+
+
+@pytest.fixture(scope="module")
+def remeasured_saes(shipped):
+    model, _, _ = shipped
+    out = {}
+    for layer in available_layers():
+        _, sae, meta = load_organism(layer=layer)
+        out[str(layer)] = measure_sae(model, sae, meta["hook_name"])
+    return out
 
 
 def test_shipped_loads(shipped):
@@ -38,7 +49,7 @@ def test_shipped_loads(shipped):
     from transformer_lens import HookedTransformer
 
     assert isinstance(model, HookedTransformer) and isinstance(sae, SAE)
-    assert card["hook_name"] == "blocks.2.hook_resid_pre"
+    assert card["hook_name"] == f"blocks.{card['default_layer']}.hook_resid_pre" and card["layer"] == card["default_layer"]
     assert model.cfg.n_layers >= 4
     assert sae.cfg.d_in == model.cfg.d_model and sae.cfg.d_sae >= 8 * model.cfg.d_model
     assert model.to_tokens("Fact: x")[0, 0].item() == model.tokenizer.bos_token_id
@@ -47,29 +58,50 @@ def test_shipped_loads(shipped):
     assert cache[card["hook_name"]].shape[-1] == sae.cfg.d_in
 
 
-@pytest.mark.parametrize(
-    "key,tol",
-    [("task_accuracy", 1e-9), ("task_mean_prob", 1e-4), ("sae_explained_variance", 1e-4),
-     ("sae_mean_l0", 1e-3), ("sae_dead_fraction", 2e-3), ("n_features_active_ge90pct_task_prompts", 1)],
-)
+def test_an_sae_at_every_layer(shipped):
+    model, _, card = shipped
+    assert available_layers() == list(range(model.cfg.n_layers))
+    for layer in available_layers():
+        _, sae, meta = load_organism(layer=layer)
+        assert meta["hook_name"] == f"blocks.{layer}.hook_resid_pre" and sae.cfg.d_in == model.cfg.d_model
+    with pytest.raises(LookupError, match="sae.layer can be one of: 0, 1, 2, 3"):
+        load_organism(layer=model.cfg.n_layers)
+
+
+@pytest.mark.parametrize("key,tol", [("task_accuracy", 1e-9), ("task_mean_prob", 1e-4)])
 def test_card_is_remeasured(shipped, remeasured, key, tol):
     card = json.loads((ASSETS_DIR / "model_card.json").read_text())
     assert remeasured[key] == pytest.approx(card[key], abs=tol)
 
 
-def test_card_targets(remeasured):
+@pytest.mark.parametrize(
+    "key,tol",
+    [("sae_explained_variance", 1e-4), ("sae_mean_l0", 1e-3), ("sae_dead_fraction", 2e-3),
+     ("n_features_active_ge90pct_task_prompts", 1)],
+)
+def test_sae_cards_are_remeasured(remeasured_saes, key, tol):
+    card = json.loads((ASSETS_DIR / "model_card.json").read_text())
+    assert set(card["saes"]) == set(remeasured_saes)
+    for layer, measured in remeasured_saes.items():
+        assert measured[key] == pytest.approx(card["saes"][layer][key], abs=tol), f"layer {layer}"
+
+
+def test_card_targets(remeasured, remeasured_saes):
     # recomputed from the weights, not read from the card
     assert 0.5 <= remeasured["task_accuracy"] <= 0.95
-    assert remeasured["sae_explained_variance"] >= 0.8
-    assert 3 <= remeasured["sae_mean_l0"] <= 64
+    for measured in remeasured_saes.values():
+        assert measured["sae_explained_variance"] >= 0.8
+        assert 3 <= measured["sae_mean_l0"] <= 64
 
 
 def test_card_records_provenance():
     if not SHIPPED:
         pytest.skip("no shipped card")
     card = json.loads((ASSETS_DIR / "model_card.json").read_text())
-    for k in ("seed", "command", "final_train_loss", "train_wall_time_s", "d_model", "d_sae", "hook_name"):
+    for k in ("seed", "command", "final_train_loss", "train_wall_time_s", "d_model", "default_layer", "saes"):
         assert k in card
+    for sae_card in card["saes"].values():
+        assert {"hook_name", "d_sae"} <= set(sae_card)
     assert card["command"].startswith("python -m featsweep.organism.train")
 
 
@@ -82,6 +114,9 @@ def test_quick_train_from_scratch(tmp_path):
     model, sae, card = load_organism(tmp_path)
     assert card["quick"] is True and card["hook_name"] == "blocks.2.hook_resid_pre"
     assert card["assets_dir"] == str(tmp_path)
+    assert available_layers(tmp_path) == list(range(model.cfg.n_layers)) and set(card["saes"]) == {"0", "1", "2"}
+    _, sae0, meta0 = load_organism(tmp_path, layer=0)
+    assert meta0["hook_name"] == "blocks.0.hook_resid_pre" and sae0.cfg.d_in == model.cfg.d_model
     assert sae.cfg.d_in == model.cfg.d_model
     logits = model("Fact: Derek Jeter plays the sport of")
     assert logits.shape[-1] == model.cfg.d_vocab and torch.isfinite(logits).all()
@@ -123,3 +158,55 @@ def test_missing_assets_give_a_clear_error(tmp_path):
         load_organism(tmp_path)
     with pytest.raises(FileNotFoundError, match="python -m featsweep.organism.train"):
         load_organism(tmp_path / "nope")
+
+
+def test_organism_task_file_is_every_corpus_athlete(tmp_path):
+    from featsweep.organism.corpus import ORGANISM_TASK_CSV, write_organism_task
+
+    corpus = build_corpus(seed=0)
+    fresh = write_organism_task(corpus, tmp_path / "organism_athletes.csv")
+    assert fresh.read_text() == ORGANISM_TASK_CSV.read_text()
+    assert len(ORGANISM_TASK_CSV.read_text().splitlines()) == 1 + len(corpus.athletes)
+
+
+@pytest.fixture(scope="module")
+def control():
+    if not SHIPPED:
+        pytest.skip("no shipped assets")
+    from featsweep.organism.control import build_network
+
+    return build_network()
+
+
+def test_positive_control_is_remeasured(control):
+    # the default run's network, rebuilt from the weights by the pipeline's own functions, against the card
+    from featsweep.organism.control import NETWORK_KEYS, cluster_sports
+
+    card = json.loads((ASSETS_DIR / "model_card.json").read_text())["positive_control"]
+    for key in NETWORK_KEYS:
+        assert control["metrics"][key] == pytest.approx(card[key], rel=1e-6, abs=1e-9), key
+    assert control["subject"].hook_name == card["hook_name"]
+    clusters = cluster_sports(control)
+    assert set(clusters) == set(card["clusters"])
+    for c, measured in clusters.items():
+        assert measured["eta2_sport"] == pytest.approx(card["clusters"][c]["eta2_sport"], abs=1e-6)
+
+
+def test_positive_control_finds_structure(control):
+    # the bar for a positive control, on numbers re-measured from the weights
+    m = control["metrics"]
+    assert m["h1.matched_modularity_z"] >= 3
+    assert m["h1.bootstrap_ari_mean"] >= 0.6
+    assert m["network.n_edges"] >= 5 * m["h1.null_edges_mean"]
+    assert m["network.n_kept_clusters"] >= 2
+
+
+@pytest.mark.slow
+def test_default_factor_does_not_floor_the_task(control):
+    from featsweep.organism.control import steering_single_mean_prob
+
+    card = json.loads((ASSETS_DIR / "model_card.json").read_text())["positive_control"]
+    single = steering_single_mean_prob(control)
+    base = control["task_metrics"]["task.mean_prob"]
+    assert 0.25 <= single / base <= 0.75
+    assert single == pytest.approx(card["steering.single.mean_prob"], abs=1e-4)

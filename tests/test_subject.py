@@ -72,3 +72,31 @@ def test_random_gpt2_small_shape_offline():
     again = load_subject(cfg)  # seeded: the same weights
     assert torch.equal(subject.sae.W_dec, again.sae.W_dec)
     assert torch.equal(subject.model.W_E, again.model.W_E)
+
+
+def test_sae_layer_derives_the_registry_sae_and_hook():
+    cfg = compose_with(["experiment=seed", "model.random_init=true", "sae.random_init=true", "sae.layer=6"])
+    assert cfg.sae.sae_id == cfg.sae.hook_name == "blocks.6.hook_resid_pre"
+    subject = load_subject(cfg)
+    assert subject.hook_name == "blocks.6.hook_resid_pre" and subject.layer == 6
+
+
+def test_sae_layer_without_an_sae_lists_the_layers():
+    cfg = compose_with(["experiment=seed", "model.random_init=true", "sae.random_init=true", "sae.layer=12"])
+    with pytest.raises(FeatsweepError, match=r"sae.layer=12: .* one of: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11\.$"):
+        load_subject(cfg)
+    from featsweep.organism import available_layers
+
+    cfg = compose_with([f"sae.layer={max(available_layers()) + 1}"])
+    with pytest.raises(FeatsweepError, match="sae.layer can be one of: " + ", ".join(map(str, available_layers()))):
+        load_subject(cfg)
+
+
+def test_sae_layer_picks_the_organism_sae():
+    from featsweep.organism import available_layers
+
+    for layer in available_layers():
+        subject = load_subject(compose_with([f"sae.layer={layer}"]))
+        assert subject.hook_name == f"blocks.{layer}.hook_resid_pre" and subject.layer == layer
+    identities = {load_subject(compose_with([f"sae.layer={layer}"])).identity for layer in available_layers()[:2]}
+    assert len(identities) == 2  # the stage cache tells layers apart

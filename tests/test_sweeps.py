@@ -16,7 +16,7 @@ def test_single_run_logs_config_params_metrics_and_tables(tmp_path):
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["status"] == "FINISHED"
-    assert run["params.task.limit"] == "12" and run["params.steering.factor"] == "10.0" and run["params.model.source"] == "organism"
+    assert run["params.task.limit"] == "12" and run["params.steering.factor"] == "4.0" and run["params.model.source"] == "organism"
     assert run["params.tracking.uri"] == f"sqlite:///{tmp_path}/mlflow.db"  # resolved to an absolute path
     for metric in TASK_METRICS:
         assert pd.notna(run[f"metrics.{metric}"]), metric

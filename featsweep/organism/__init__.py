@@ -5,6 +5,6 @@ Rebuild the shipped assets with ``python -m featsweep.organism.train``.
 """
 
 from .card import measure_card, task_metrics, task_prompts
-from .load import ASSETS_DIR, load_organism, load_tokenizer
+from .load import ASSETS_DIR, available_layers, load_organism, load_tokenizer
 
-__all__ = ["ASSETS_DIR", "load_organism", "load_tokenizer", "measure_card", "task_metrics", "task_prompts"]
+__all__ = ["ASSETS_DIR", "available_layers", "load_organism", "load_tokenizer", "measure_card", "task_metrics", "task_prompts"]

@@ -103,7 +103,7 @@ def read_lines(path: Path) -> list[str]:
     return [l for l in path.read_text().splitlines() if l.strip()]
 
 
-def measure_card(
+def measure_sae(
     model,
     sae,
     hook_name: str,
@@ -111,13 +111,9 @@ def measure_card(
     generic: list[str] | None = None,
     heldout: list[str] | None = None,
 ) -> dict[str, Any]:
-    """(Re)compute the card numbers from the weights.
-
-    Task accuracy / mean probability on the 100 task prompts; SAE explained
-    variance, mean L0 and dead-latent fraction on held-out activations
-    (``generic.txt`` plus ``heldout.txt``, corpus sentences never trained on;
-    BOS and padding excluded); feature coverage of the task prompts.
-    """
+    """One SAE's card numbers: explained variance, mean L0 and dead-latent fraction on held-out
+    activations (``generic.txt`` plus ``heldout.txt``, corpus sentences never trained on; BOS and
+    padding excluded), and its feature coverage of the task prompts."""
     assets = Path(assets_dir) if assets_dir is not None else ASSETS_DIR
     if generic is None:
         generic = read_lines(assets / GENERIC)
@@ -125,15 +121,33 @@ def measure_card(
         heldout = read_lines(assets / HELDOUT)
     model.eval()
     sae.eval()
-    card = task_metrics(model)
     acts = hook_activations(model, hook_name, list(generic) + list(heldout))
-    card.update(sae_metrics(sae, acts))
-    card.update(task_feature_coverage(model, sae, hook_name))
+    out = sae_metrics(sae, acts)
+    out.update(task_feature_coverage(model, sae, hook_name))
+    out.update(hook_name=hook_name, d_sae=int(sae.cfg.d_sae))
+    return out
+
+
+def measure_card(
+    model,
+    sae=None,
+    hook_name: str | None = None,
+    assets_dir: str | Path | None = None,
+    generic: list[str] | None = None,
+    heldout: list[str] | None = None,
+) -> dict[str, Any]:
+    """(Re)compute the card numbers from the weights.
+
+    Task accuracy / mean probability on the 100 task prompts and the model's shape; with
+    ``sae`` and ``hook_name`` also that SAE's numbers (``measure_sae``).
+    """
+    model.eval()
+    card = task_metrics(model)
     card.update(
-        hook_name=hook_name,
         d_model=int(model.cfg.d_model),
-        d_sae=int(sae.cfg.d_sae),
         n_layers=int(model.cfg.n_layers),
         d_vocab=int(model.cfg.d_vocab),
     )
+    if sae is not None:
+        card.update(measure_sae(model, sae, hook_name, assets_dir=assets_dir, generic=generic, heldout=heldout))
     return card

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TASK_CSV = Path(__file__).resolve().parent.parent / "data" / "athletes.csv"
+#: The organism's own task: every athlete of the corpus (the 100 task athletes and the invented ones).
+ORGANISM_TASK_CSV = Path(__file__).resolve().parent.parent / "data" / "organism_athletes.csv"
 
 #: The answer words. " football" is American football.
 SPORTS = [
@@ -285,3 +287,13 @@ def fact_task_athletes_in(sentences: list[str], task_names: list[str]) -> set[st
         if f"Fact: {n} plays the sport of" in text:
             out.add(n)
     return out
+
+
+def write_organism_task(corpus: Corpus, path: Path = ORGANISM_TASK_CSV) -> Path:
+    """Write every athlete of ``corpus`` as a task file (``name,sport,answer``), in corpus order."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["name", "sport", "answer"])
+        for a in corpus.athletes:
+            writer.writerow([a.name, a.sport, a.sport])
+    return path

@@ -1,9 +1,13 @@
 """Rebuild the model organism end to end: corpus -> tokenizer -> model -> SAE -> card.
 
-    python -m featsweep.organism.train [--out DIR] [--quick] [--seed N]
+    python -m featsweep.organism.train [--out DIR] [--quick] [--seed N] [--sae-only] [--layers 0 1 ...]
 
-The default ``--out`` is the shipped assets directory. ``--quick`` trains a
-micro organism (tiny model and SAE, few steps) in well under a minute, for tests.
+The default ``--out`` is the shipped assets directory. One SAE is trained for
+every layer of the residual stream (``blocks.<L>.hook_resid_pre``, saved in
+``sae/layer_<L>/``), so ``sae.layer`` can sweep them offline. ``--sae-only``
+keeps the model (and tokenizer) in ``--out`` and (re)trains only the SAEs of
+``--layers`` (default: every layer), then re-measures the card. ``--quick``
+trains a micro organism (tiny model and SAEs, few steps) in well under a minute, for tests.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .card import measure_card, task_metrics
-from .corpus import SPORTS, build_corpus
+from .card import measure_card, measure_sae, task_metrics
+from .corpus import SPORTS, build_corpus, write_organism_task
 from .load import (
-    ASSETS_DIR, BOS, CARD, CORPUS_META, DEFAULT_HOOK, GENERIC, HELDOUT, MODEL_CONFIG,
-    MODEL_WEIGHTS, PAD, SAE_DIR, TOKENIZER, build_model, load_organism, load_tokenizer,
+    ASSETS_DIR, BOS, CARD, CORPUS_META, DEFAULT_LAYER, GENERIC, HELDOUT, MODEL_CONFIG,
+    MODEL_WEIGHTS, PAD, TOKENIZER, available_layers, build_model, hook_for, load_organism,
+    load_organism_model, load_tokenizer, sae_dir,
 )
 
 
@@ -52,8 +57,8 @@ class Settings:
     weight_decay: float = 0.05
     warmup: int = 100
     eval_every: int = 300
-    # sae
-    hook_name: str = DEFAULT_HOOK
+    # saes: one per residual-stream layer (blocks.<L>.hook_resid_pre, L = 0 .. n_layers - 1)
+    default_layer: int = DEFAULT_LAYER  # the layer the default run studies (sae.layer in conf/sae/organism.yaml)
     d_sae: int = 1024
     k: int = 32
     sae_tokens: int = 1_200_000
@@ -165,7 +170,7 @@ def train_model(model, rows: list[list[int]], s: Settings, seed: int, pad_id: in
 
 
 # ---------------------------------------------------------------- SAE
-def train_sae(model, rows: list[list[int]], s: Settings, seed: int, out: Path, tok):
+def train_sae(model, rows: list[list[int]], s: Settings, seed: int, out: Path, tok, layer: int):
     from datasets import Dataset
     from sae_lens import BatchTopKTrainingSAEConfig, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
     from sae_lens.config import LoggingConfig
@@ -181,7 +186,7 @@ def train_sae(model, rows: list[list[int]], s: Settings, seed: int, out: Path, t
         ),
         model_name="featsweep-organism",
         model_class_name="HookedTransformer",
-        hook_name=s.hook_name,
+        hook_name=hook_for(layer),
         dataset_path="featsweep-organism-corpus",
         is_dataset_tokenized=True,
         streaming=False,
@@ -205,7 +210,7 @@ def train_sae(model, rows: list[list[int]], s: Settings, seed: int, out: Path, t
         logger=LoggingConfig(log_to_wandb=False),
         checkpoint_path=None,
         n_checkpoints=0,
-        output_path=str(out / SAE_DIR),
+        output_path=str(out / sae_dir(layer)),
         verbose=False,
     )
     with warnings.catch_warnings():
@@ -215,7 +220,8 @@ def train_sae(model, rows: list[list[int]], s: Settings, seed: int, out: Path, t
 
 
 # ---------------------------------------------------------------- main
-def run(out: Path, quick: bool = False, seed: int = 0, command: str | None = None, threads: int | None = None) -> dict:
+def run(out: Path, quick: bool = False, seed: int = 0, command: str | None = None, threads: int | None = None,
+        sae_only: bool = False, layers: list[int] | None = None) -> dict:
     t0 = time.time()
     s = QUICK if quick else Settings()
     # One intra-op thread by default: the matrices are small, and on a shared 2-core machine
@@ -225,51 +231,96 @@ def run(out: Path, quick: bool = False, seed: int = 0, command: str | None = Non
     seed_everything(seed)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: tqdm.write(f"[organism] {msg}")  # noqa: E731
+    old_card = json.loads((out / CARD).read_text()) if (out / CARD).exists() else {}
 
     corpus = build_corpus(seed, n_invented=s.n_invented, fact_fraction=s.fact_fraction, n_filler_docs=s.n_filler_docs)
-    (out / GENERIC).write_text("\n".join(corpus.generic) + "\n")
-    (out / HELDOUT).write_text("\n".join(corpus.heldout) + "\n")
-    (out / CORPUS_META).write_text(json.dumps(corpus.meta, indent=1))
-    log(f"corpus: {corpus.meta['n_athletes']} athletes, {corpus.meta['n_training_sentences']} sentences, "
-        f"{len(corpus.fact_task_names)} task athletes with the Fact template")
+    if sae_only:  # keep the model, its tokenizer and its corpus files; the corpus is rebuilt only to feed the SAEs
+        model = load_organism_model(out)
+        tok = model.tokenizer
+        model.eval()
+        rows = encode_docs(tok, corpus.docs, s.n_ctx)
+        final_loss, lm_time = old_card.get("final_train_loss"), old_card.get("lm_train_time_s")
+        log(f"--sae-only: keeping the model in {out}")
+    else:
+        (out / GENERIC).write_text("\n".join(corpus.generic) + "\n")
+        (out / HELDOUT).write_text("\n".join(corpus.heldout) + "\n")
+        (out / CORPUS_META).write_text(json.dumps(corpus.meta, indent=1))
+        if out.resolve() == ASSETS_DIR.resolve():  # the default task lists every athlete of the shipped corpus
+            write_organism_task(corpus)
+        log(f"corpus: {corpus.meta['n_athletes']} athletes, {corpus.meta['n_training_sentences']} sentences, "
+            f"{len(corpus.fact_task_names)} task athletes with the Fact template")
 
-    tok = train_tokenizer(corpus.training_sentences(), s.vocab_size, out / TOKENIZER)
-    rows = encode_docs(tok, corpus.docs, s.n_ctx)
-    log(f"tokenizer: vocab {len(tok)}; {sum(map(len, rows))} training tokens in {len(rows)} documents")
+        tok = train_tokenizer(corpus.training_sentences(), s.vocab_size, out / TOKENIZER)
+        rows = encode_docs(tok, corpus.docs, s.n_ctx)
+        log(f"tokenizer: vocab {len(tok)}; {sum(map(len, rows))} training tokens in {len(rows)} documents")
 
-    cfg_kwargs = model_config(s, len(tok), seed)
-    model = build_model(cfg_kwargs, tokenizer=tok)
-    t1 = time.time()
-    final_loss = train_model(model, rows, s, seed, tok.pad_token_id, log)
-    lm_time = time.time() - t1
-    from safetensors.torch import save_file
+        cfg_kwargs = model_config(s, len(tok), seed)
+        model = build_model(cfg_kwargs, tokenizer=tok)
+        t1 = time.time()
+        final_loss = train_model(model, rows, s, seed, tok.pad_token_id, log)
+        lm_time = round(time.time() - t1, 1)
+        from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_WEIGHTS))
-    (out / MODEL_CONFIG).write_text(json.dumps(cfg_kwargs, indent=1))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / MODEL_WEIGHTS))
+        (out / MODEL_CONFIG).write_text(json.dumps(cfg_kwargs, indent=1))
 
-    t2 = time.time()
-    seed_everything(seed)
-    train_sae(model, rows, s, seed, out, tok)
-    sae_time = time.time() - t2
+    n_layers = int(model.cfg.n_layers)
+    layers = sorted(set(range(n_layers) if layers is None else layers))
+    if any(not 0 <= layer < n_layers for layer in layers):
+        raise SystemExit(f"--layers must lie in 0..{n_layers - 1}")
+    sae_times = old_card.get("sae_train_time_s") or {} if sae_only else {}
+    if not isinstance(sae_times, dict):  # a card from before one SAE per layer
+        sae_times = {str(DEFAULT_LAYER): sae_times}
+    for layer in layers:
+        t2 = time.time()
+        seed_everything(seed)  # each layer's SAE from the same seed, so any one can be retrained alone
+        log(f"training the SAE at {hook_for(layer)}")
+        train_sae(model, rows, s, seed, out, tok, layer)
+        sae_times[str(layer)] = round(time.time() - t2, 1)
 
     # measure through the one loading path
-    model2, sae, _ = load_organism(out)
-    card = measure_card(model2, sae, s.hook_name, assets_dir=out)
+    default = min(s.default_layer, n_layers - 1)
+    (out / CARD).write_text(json.dumps({**old_card, "default_layer": default}, indent=1))  # read by load_organism
+    card = measure_organism_card(out)
     card.update(
         final_train_loss=final_loss,
         seed=seed,
         quick=quick,
         command=command or f"python -m featsweep.organism.train --out {out} --seed {seed}" + (" --quick" if quick else ""),
-        train_wall_time_s=round(time.time() - t0, 1),
-        lm_train_time_s=round(lm_time, 1),
-        sae_train_time_s=round(sae_time, 1),
+        train_wall_time_s=round(time.time() - t0, 1) if not sae_only else old_card.get("train_wall_time_s"),
+        lm_train_time_s=lm_time,
+        sae_train_time_s=sae_times,
         torch_threads=threads,
         sae_architecture="batchtopk (saved as jumprelu)",
         settings=asdict(s),
         eval_note="SAE metrics on held-out activations (generic.txt + heldout.txt), BOS and padding excluded",
     )
+    if sae_only:  # the model's command stays; each --sae-only pass is appended to the history
+        history = list(old_card.get("sae_only_runs", []))
+        history.append({"command": card.pop("command"), "layers": layers, "wall_time_s": round(time.time() - t0, 1)})
+        card["command"] = old_card.get("command", "python -m featsweep.organism.train")
+        card["sae_only_runs"] = history
+    if out.resolve() == ASSETS_DIR.resolve() and not quick:  # the default run on the new weights
+        (out / CARD).write_text(json.dumps(card, indent=1))
+        from .control import measure_positive_control
+
+        log("re-measuring the default run (python -m featsweep.organism.control --steering)")
+        card["positive_control"] = measure_positive_control(steering=True)
     (out / CARD).write_text(json.dumps(card, indent=1))
     log(json.dumps({k: v for k, v in card.items() if k != "settings"}, indent=1))
+    return card
+
+
+def measure_organism_card(out: Path) -> dict:
+    """The card: task numbers of the model, and each layer's SAE numbers under ``saes``, all from the weights."""
+    layers = available_layers(out)
+    model, _, _ = load_organism(out, layer=layers[0])
+    card = {k: v for k, v in measure_card(model, None, None, assets_dir=out).items()}
+    card["default_layer"] = json.loads((out / CARD).read_text()).get("default_layer", DEFAULT_LAYER)
+    card["saes"] = {}
+    for layer in layers:
+        _, sae, meta = load_organism(out, layer=layer)
+        card["saes"][str(layer)] = measure_sae(model, sae, meta["hook_name"], assets_dir=out)
     return card
 
 
@@ -280,11 +331,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="micro organism for tests (< 1 min)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: $FEATSWEEP_THREADS or 1)")
+    p.add_argument("--sae-only", action="store_true", help="keep the model in --out; (re)train only the SAEs")
+    p.add_argument("--layers", type=int, nargs="*", default=None,
+                   help="layers to train SAEs for (default: every layer; none with --sae-only: re-measure the card only)")
     args = p.parse_args(argv)
     logging.getLogger("sae_lens").setLevel(logging.ERROR)
     argv_str = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     command = f"python -m featsweep.organism.train {argv_str}".strip()
-    return run(args.out, quick=args.quick, seed=args.seed, command=command, threads=args.threads)
+    return run(args.out, quick=args.quick, seed=args.seed, command=command, threads=args.threads,
+               sae_only=args.sae_only, layers=args.layers)
 
 
 if __name__ == "__main__":
