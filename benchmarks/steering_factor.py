@@ -5,7 +5,7 @@
 
 The push of a single feature is ``factor * scale_i * ||d_i||`` (``steering.scale``, the decoder row
 ``d_i``; see featsweep/steering.py). The default run's network is built exactly as the pipeline builds
-it (featsweep.organism.control.build_network); the steered features are those of the kept clusters.
+it (featsweep.control.build_network); the steered features are those of the kept clusters.
 For each factor this prints their mean push over the mean L2 norm of the residual stream at the hook
 (task prompts, BOS excluded). What the push does to the task is measured by the pipeline itself:
 ``python -m featsweep -m steering.factor=1,2,3,5,10`` logs ``steering.single.mean_prob`` per factor.
@@ -26,7 +26,7 @@ def main() -> None:
 
     import torch
 
-    from featsweep.organism.control import build_network, push_ratio
+    from featsweep.control import build_network, push_ratio
 
     torch.set_num_threads(1)
     built = build_network(args.extra)

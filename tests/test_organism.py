@@ -173,14 +173,14 @@ def test_organism_task_file_is_every_corpus_athlete(tmp_path):
 def control():
     if not SHIPPED:
         pytest.skip("no shipped assets")
-    from featsweep.organism.control import build_network
+    from featsweep.control import build_network
 
     return build_network()
 
 
 def test_positive_control_is_remeasured(control):
     # the default run's network, rebuilt from the weights by the pipeline's own functions, against the card
-    from featsweep.organism.control import NETWORK_KEYS, cluster_sports
+    from featsweep.control import NETWORK_KEYS, cluster_sports
 
     card = json.loads((ASSETS_DIR / "model_card.json").read_text())["positive_control"]
     for key in NETWORK_KEYS:
@@ -203,7 +203,7 @@ def test_positive_control_finds_structure(control):
 
 @pytest.mark.slow
 def test_default_factor_does_not_floor_the_task(control):
-    from featsweep.organism.control import steering_single_mean_prob
+    from featsweep.control import steering_single_mean_prob
 
     card = json.loads((ASSETS_DIR / "model_card.json").read_text())["positive_control"]
     single = steering_single_mean_prob(control)

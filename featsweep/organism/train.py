@@ -300,12 +300,9 @@ def run(out: Path, quick: bool = False, seed: int = 0, command: str | None = Non
         history.append({"command": card.pop("command"), "layers": layers, "wall_time_s": round(time.time() - t0, 1)})
         card["command"] = old_card.get("command", "python -m featsweep.organism.train")
         card["sae_only_runs"] = history
-    if out.resolve() == ASSETS_DIR.resolve() and not quick:  # the default run on the new weights
-        (out / CARD).write_text(json.dumps(card, indent=1))
-        from .control import measure_positive_control
-
-        log("re-measuring the default run (python -m featsweep.organism.control --steering)")
-        card["positive_control"] = measure_positive_control(steering=True)
+    if out.resolve() == ASSETS_DIR.resolve() and not quick:  # the control needs the whole pipeline: a command of its own
+        card["positive_control"] = old_card.get("positive_control")
+        log("now re-measure the default run on the new weights: python -m featsweep.control --steering --write")
     (out / CARD).write_text(json.dumps(card, indent=1))
     log(json.dumps({k: v for k, v in card.items() if k != "settings"}, indent=1))
     return card

@@ -1,8 +1,8 @@
 """The organism as a positive control: re-measure what the default run finds, from the weights.
 
-    python -m featsweep.organism.control            # print the default run's network numbers
-    python -m featsweep.organism.control --write    # ... and record them in model_card.json
-    python -m featsweep.organism.control --steering # ... also single-feature steering (slower)
+    python -m featsweep.control            # print the default run's network numbers
+    python -m featsweep.control --write    # ... and record them in the organism's model_card.json
+    python -m featsweep.control --steering # ... also single-feature steering (slower)
 
 The default preset (``conf/experiment/organism.yaml``) builds the network exactly as
 ``python -m featsweep`` does (task, attribution, generic-text max activations, clustering with its
@@ -18,16 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
 
-from .load import ASSETS_DIR, CARD
+from featsweep.attribution import attribution_stage
+from featsweep.config import checked, register_configs
+from featsweep.experiments import steering_stage
+from featsweep.network import network_stage
+from featsweep.organism.load import ASSETS_DIR, CARD
+from featsweep.steering import steering_scales
+from featsweep.subject import load_subject, max_activations
+from featsweep.task import load_task, task_stage
 
-CONF = Path(__file__).resolve().parent.parent.parent / "conf"
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 #: the run metrics the card records (``network.*``/``h1.*`` from the network stage, ``task.*`` from the task)
 NETWORK_KEYS = ("network.n_edges", "h1.null_edges_mean", "network.n_kept_clusters", "h1.matched_modularity_z",
@@ -35,32 +42,23 @@ NETWORK_KEYS = ("network.n_edges", "h1.null_edges_mean", "network.n_kept_cluster
 
 
 def compose_default(overrides: Sequence[str] = ()):
-    from hydra import compose, initialize_config_dir
-
-    from featsweep.config import register_configs
-
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return checked(compose(config_name="config", overrides=list(overrides)))
 
 
 def build_network(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run the default config's task, attribution and network stages; return the pieces."""
-    from featsweep.attribution import attribution_stage, max_activations
-    from featsweep.network import network_stage
-    from featsweep.subject import load_subject
-    from featsweep.task import load_task, task_stage
-
     cfg = compose_default(overrides)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     subject = load_subject(cfg)
     task = load_task(cfg.task, subject.model, cfg.seed)
     baseline, task_result = task_stage(subject.model, task, cfg.task.batch_size)
-    attrs, matrix, _ = attribution_stage(subject, task, cfg.attribution)
+    attributed, _ = attribution_stage(subject, task, cfg.attribution)
+    attrs, matrix = attributed.attrs, attributed.matrix
     gen_max = max_activations(subject, subject.generic_texts, progress=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        network, result = network_stage(matrix, cfg.clustering, cfg.seed, gen_max, None, Path(tmp), progress=False)
+    network, result = network_stage(matrix, cfg.clustering, cfg.seed, gen_max, None, progress=False)
     return dict(cfg=cfg, subject=subject, task=task, baseline=baseline, task_metrics=task_result.metrics,
                 attrs=attrs, matrix=matrix, gen_max=gen_max, network=network, metrics=result.metrics)
 
@@ -74,8 +72,6 @@ def _steered_features(network) -> np.ndarray:
 def push_ratio(built: dict[str, Any], factor: float | None = None) -> dict[str, float]:
     """Mean ``factor * scale_i * ||d_i||`` over the steered features, over the mean residual norm at the hook
     (task prompts, BOS excluded)."""
-    from featsweep.steering import steering_scales
-
     cfg, subject, task = built["cfg"], built["subject"], built["task"]
     factor = float(cfg.steering.factor if factor is None else factor)
     features = _steered_features(built["network"])
@@ -114,10 +110,8 @@ def cluster_sports(built: dict[str, Any]) -> dict[str, Any]:
 
 def steering_single_mean_prob(built: dict[str, Any]) -> float:
     """``steering.single.mean_prob`` of the default run, through the pipeline's steering stage."""
-    from featsweep.experiments import steering_stage
-
     cfg = built["cfg"]
-    result = steering_stage(built["subject"], built["task"], built["attrs"], built["network"], built["baseline"],
+    _, result = steering_stage(built["subject"], built["task"], built["attrs"], built["network"], built["baseline"],
                             built["gen_max"], cfg.steering, cfg.seed)
     return float(result.metrics["steering.single.mean_prob"])
 
@@ -137,7 +131,7 @@ def measure_positive_control(overrides: Sequence[str] = (), steering: bool = Fal
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    p = argparse.ArgumentParser(prog="python -m featsweep.organism.control", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m featsweep.control", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m featsweep")
     p.add_argument("--write", action="store_true", help=f"record the numbers in {ASSETS_DIR / CARD}")
