@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -222,27 +223,76 @@ def plot_linear_vs_exact(linear, exact, r: float, title: str = ""):
 # ---- sweep (compare) figures ------------------------------------------------------------
 
 
-def metric_vs_dimension(table: pd.DataFrame, dimension: str, metric: str):
-    """One hypothesis metric across the values of one swept dimension (one point per run)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    data = table[[dimension, metric]].dropna()
-    numeric = pd.api.types.is_numeric_dtype(data[dimension])
-    if numeric:
-        means = data.groupby(dimension)[metric].mean()
-        ax.plot(means.index, means.values, "-", color="grey", alpha=0.6)
-        ax.scatter(data[dimension], data[metric], zorder=3)
-        if data[dimension].min() > 0 and data[dimension].max() / data[dimension].min() >= 20:
-            ax.set_xscale("log")
+GROUP_OF = {"h1.": "H1", "network.": "H1", "h2.": "H2", "h3.": "H3", "task.": "task", "steering.": "steering"}
+
+
+def _hypothesis(metric: str) -> str:
+    return next((g for prefix, g in GROUP_OF.items() if metric.startswith(prefix)), "")
+
+
+def _real_value_axis(ax, values) -> None:
+    """Ticks at the swept values themselves (1, 10, 30), on a log axis when they span a factor of 20 or more."""
+    values = sorted(set(float(v) for v in values))
+    if values[0] > 0 and values[-1] / values[0] >= 20:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(values))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{v:g}" for v in values]))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def _panel(ax, table: pd.DataFrame, dim: str, metric: str, others: list[str]) -> None:
+    numeric_x = pd.api.types.is_numeric_dtype(table[dim])
+    labels = sorted(table[dim].astype(str).unique()) if not numeric_x else None
+    categorical_y = not pd.api.types.is_numeric_dtype(table[metric])
+    levels = sorted(table[metric].dropna().astype(str).unique()) if categorical_y else None
+    groups = table.groupby(others, dropna=False) if others else [("", table)]
+    for i, (key, part) in enumerate(groups):
+        part = part[[dim, metric]].dropna()
+        if part.empty:
+            continue
+        xs = part[dim] if numeric_x else part[dim].astype(str).map({lab: j for j, lab in enumerate(labels)})
+        ys = part[metric].astype(str).map({lev: j for j, lev in enumerate(levels)}) if categorical_y else part[metric]
+        order = np.argsort(xs.to_numpy(dtype=float), kind="stable")
+        label = ", ".join(f"{o}={k}" for o, k in zip(others, key if isinstance(key, tuple) else (key,))) if others else None
+        ax.plot(xs.to_numpy(dtype=float)[order], ys.to_numpy(dtype=float)[order], "o-", color=f"C{i % 10}", label=label, ms=5)
+    if numeric_x:
+        _real_value_axis(ax, table[dim].dropna())
     else:
-        labels = sorted(data[dimension].astype(str).unique())
-        positions = data[dimension].astype(str).map({label: i for i, label in enumerate(labels)})
-        ax.scatter(positions, data[metric], zorder=3)
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    if metric.endswith((".p", ".p_partial", "p_adj")):
-        ax.axhline(0.05, color="red", lw=0.8, ls="--", label="0.05")
-        ax.legend(frameon=False)
-    ax.set_xlabel(dimension)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs {dimension}", fontsize=9)
-    fig.tight_layout()
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    if categorical_y:
+        ax.set_yticks(range(len(levels)), levels, fontsize=7)
+    elif metric.endswith((".p", "_p", "p_adj", "p_partial")):
+        ax.axhline(0.05, color="red", lw=0.8, ls="--", label="p = 0.05")
+        ax.set_ylim(-0.03, 1.03)
+    elif metric.endswith(("_z", "effect_size", "_r")):
+        ax.axhline(0.0, color="grey", lw=0.8)
+        if metric.endswith("_z"):
+            ax.axhline(2.0, color="red", lw=0.8, ls="--", label="z = 2")
+    ax.set_xlabel(dim, fontsize=8)
+    ax.set_title(f"{_hypothesis(metric)}: {metric}", fontsize=9)
+    ax.tick_params(labelsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, frameon=False)
+
+
+def plot_hypotheses(table: pd.DataFrame, dims: list[str], metrics: list[str], constant: dict, title: str = ""):
+    """The sweep's answer on one figure: each headline statistic (rows) against each swept dimension
+    (columns), with the swept values themselves on the axis. Other dimensions become one line each.
+    Statistics that did not vary are not drawn but listed under the figure."""
+    panels = [(m, d) for m in metrics for d in dims]
+    ncols = len(dims) if len(dims) > 1 else min(4, max(1, len(metrics)))
+    nrows = max(1, int(np.ceil(len(panels) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows + 0.9), squeeze=False)
+    for ax, (metric, dim) in zip(axes.flat, panels):
+        _panel(ax, table, dim, metric, [d for d in dims if d != dim])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no headline statistic varies across these runs", ha="center", va="center")
+    fig.suptitle(f"H1-H3 across the sweep{': ' + title if title else ''} ({len(table)} runs)", fontsize=11)
+    if constant:
+        items = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in constant.items()]
+        lines = [", ".join(items[i : i + 5]) for i in range(0, len(items), 5)]
+        fig.text(0.01, 0.0, "Same in every run (not drawn): " + "\n".join(lines), fontsize=7, va="top", wrap=True)
+    fig.tight_layout(rect=(0, 0.0, 1, 0.97))
     return fig

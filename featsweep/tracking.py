@@ -29,6 +29,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from featsweep import naming
 from featsweep.errors import FeatsweepError
 from featsweep.results import StageResult
 
@@ -179,7 +180,7 @@ class JobRun:
             tags["featsweep.git_commit"] = commit
         if parent:
             tags["mlflow.parentRunId"] = parent
-        run = self.client.create_run(experiment_id, run_name=tracking.run_name, tags=tags)
+        run = self.client.create_run(experiment_id, run_name=naming.job_run_name(tracking.run_name), tags={**tags, **naming.description()})
         self.run_id = run.info.run_id
         log.info("MLflow run %s (experiment '%s', %s)", self.run_id, tracking.experiment, tracking.uri)
         self._log_config()
