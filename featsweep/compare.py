@@ -124,7 +124,7 @@ def log_parent_summary(client, parent: str, table: pd.DataFrame, dims: list[str]
         if key not in logged:
             params.append(Param(key[:250], value))
         elif logged[key] != value:  # params cannot change: a sweep resumed with more jobs keeps the new value as a tag
-            changed[f"featsweep.{key}"] = value
+            changed[f"featsweep.sweep_param.{key}"] = value
     metrics = [Metric("sweep.n_runs", float(len(table)), 0, 0)]
     for column in [c for c in HEADLINE if c in table and table[c].notna().any()]:
         metrics += [Metric(f"sweep.{column}.min", float(table[column].min()), 0, 0),
