@@ -21,6 +21,7 @@ from typing import Optional
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
+from mlflow.tracking.context.registry import resolve_tags
 
 SWEEP_KEYS_FILE = ".featsweep_swept_keys"
 MAX_NAME = 250  # MLflow's limit on a run name is generous; the UI's chart legends are not
@@ -84,14 +85,16 @@ def preset() -> Optional[str]:
 
 def description(role: str = "run", config=None) -> dict[str, str]:
     """The run's description tag: how it was launched, and with which preset (read from ``config``'s
-    ``hydra.runtime.choices`` when given, as in the sweep callback, else from the running Hydra job)."""
+    ``hydra.runtime.choices`` when given, as in the sweep callback, else from the running Hydra job); plus
+    the context tags that ``mlflow.start_run`` would set (user, source name and type, git), from MLflow's
+    own context registry, so the UI's User and Source columns are filled in."""
     program = Path(sys.argv[0]).name if sys.argv else "featsweep"
     program = "python -m featsweep" if program == "__main__.py" else program
     command = " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
     lines = [f"featsweep {role}, launched with:", "", f"    {command}", "", f"preset: experiment={_preset_of(config) or preset() or 'none'}"]
     if HydraConfig.initialized() and role == "run":
         lines.append(f"output folder: {HydraConfig.get().runtime.output_dir}")
-    return {NOTE_TAG: "\n".join(lines)}
+    return {**resolve_tags(), NOTE_TAG: "\n".join(lines)}
 
 
 def _preset_of(config) -> Optional[str]:

@@ -212,6 +212,7 @@ class JobRun:
             self.tag(key, value)
         for artifact_path, table in result.tables.items():
             self._log_file(artifact_path, lambda p, t=table: t.to_parquet(p, index=False))
+            self._log_file(str(Path(artifact_path).with_suffix(".csv")), lambda p, t=table: t.to_csv(p, index=False))  # the UI previews CSV
         for artifact_path, figure in result.figures.items():
             self._log_file(artifact_path, lambda p, f=figure: f.savefig(p, dpi=110, bbox_inches="tight"))
 

@@ -49,6 +49,22 @@ def test_single_run_is_named_from_its_overrides_or_its_preset(tmp_path):
     assert "Open the UI: " in proc.stderr + proc.stdout and "ui --backend-store-uri" in proc.stderr + proc.stdout
 
 
+def test_a_run_logs_csv_tables_its_task_as_a_dataset_and_who_ran_what(quick_sweep):
+    work, _ = quick_sweep
+    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    runs = mlflow_runs(work)
+    job = client.get_run(runs[runs["tags.mlflow.parentRunId"].notna()].iloc[0]["run_id"])
+    assert {"tables/task_baseline.csv", "tables/task_baseline.parquet"} <= artifacts(client, job.info.run_id)
+    table = pd.read_csv(client.download_artifacts(job.info.run_id, "tables/task_baseline.csv", str(work)))
+    assert len(table) == 5
+    [dataset] = job.inputs.dataset_inputs
+    assert dataset.dataset.name == "athletes" and [t.value for t in dataset.tags] == ["task"]
+    assert '"num_rows": 5' in dataset.dataset.profile
+    tags = job.data.tags
+    assert tags["featsweep.model.name"] == "organism:organism" and tags["featsweep.sae.hook_name"].startswith("blocks.")
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
+
+
 def test_parent_logs_the_one_page_and_its_dimensions(quick_sweep):
     work, proc = quick_sweep
     runs = mlflow_runs(work)
