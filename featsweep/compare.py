@@ -49,6 +49,7 @@ HYPOTHESIS_PREFIXES = ("metrics.h1.", "metrics.h2.", "metrics.h3.")
 # Parameters that never define a sweep dimension (paths and bookkeeping).
 IGNORED_PARAMS = ("params.tracking.", "params.cache.")
 SHORT_COLUMNS = 8  # headline columns printed by the CLI
+SKIPPED_TAG = "featsweep.skipped."  # on a parent: a job skipped because this identical run had FINISHED
 
 
 def is_p_value(column: str) -> bool:
@@ -57,12 +58,18 @@ def is_p_value(column: str) -> bool:
 
 
 def collect_runs(client, experiment_ids: list[str], parent: Optional[str] = None, filter_string: str = "") -> pd.DataFrame:
-    """The FINISHED job runs: those attached to ``parent`` (whenever they ran), or matching the filter."""
+    """The FINISHED job runs: those attached to ``parent`` (whenever they ran) and the identical FINISHED runs
+    that stood in for its skipped jobs (``featsweep.skipped.<hash>`` tags), or the runs matching the filter."""
     mlflow.set_tracking_uri(client.tracking_uri)  # search_runs reads the global URI: point it at this store
     clauses = [f"tags.`mlflow.parentRunId` = '{parent}'"] if parent else []
     if filter_string:
         clauses.append(filter_string)
     runs = mlflow.search_runs(experiment_ids=experiment_ids, filter_string=" and ".join(clauses), max_results=50000)
+    stand_ins = [v for k, v in client.get_run(parent).data.tags.items() if k.startswith(SKIPPED_TAG)] if parent else []
+    if stand_ins:
+        ids = ", ".join(f"'{run_id}'" for run_id in stand_ins)
+        extra = mlflow.search_runs(experiment_ids=experiment_ids, filter_string=f"attributes.run_id IN ({ids})")
+        runs = pd.concat([runs, extra], ignore_index=True).drop_duplicates("run_id") if len(runs) else extra
     if "tags.featsweep.role" in runs:
         runs = runs[runs["tags.featsweep.role"] != "sweep"]
     return runs[runs["status"] == "FINISHED"].reset_index(drop=True) if len(runs) else runs

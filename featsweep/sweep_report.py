@@ -55,7 +55,9 @@ def _table(summary: pd.DataFrame) -> str:
     for _, row in summary.iterrows():
         cells = []
         for column, value in row.items():
-            low = column.endswith(("p", "p_adj")) and isinstance(value, float) and value < 0.05
+            last = column.rsplit(".", 1)[-1]
+            is_p = last in ("p", "p_adj", "p_partial") or last.endswith("_p")
+            low = is_p and isinstance(value, float) and value < 0.05
             cells.append(f"<td class='low'>{_cell(value)}</td>" if low else f"<td>{_cell(value)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
@@ -68,7 +70,7 @@ def render_report(summary: pd.DataFrame, dims: list[str], constant: dict, figure
     swept = ", ".join(f"<code>{html.escape(d)}</code>" for d in dims) or "nothing (the runs share every parameter)"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>featsweep: {html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
-<h2>featsweep sweep: {html.escape(title)}</h2>
+<h2>featsweep: {html.escape(title)}</h2>
 <p>{len(summary)} finished runs; swept: {swept}. Each row of the table is one run; p-values below 0.05 are marked.</p>
 {READING}
 <img alt="H1-H3 against the swept dimensions" src="data:image/png;base64,{image}">

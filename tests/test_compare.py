@@ -111,3 +111,17 @@ def test_hypotheses_figure_leaves_out_what_does_not_vary():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "10", "30"] and ax.get_xscale() == "log"
     assert "network.n_edges=10" in " ".join(t.get_text() for t in fig.texts)
+
+
+def test_a_sweep_after_a_single_run_summarises_the_run_that_stood_in_for_its_skipped_job(tmp_path):
+    proc = run_featsweep(tmp_path, *QUICK, "task.limit=5")  # steering.factor=10 by default
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_featsweep(tmp_path, "-m", *QUICK, "task.limit=5", "steering.factor=1,10,30")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = mlflow_runs(tmp_path)
+    parent = runs[runs["tags.featsweep.role"] == "sweep"].iloc[0]
+    assert (runs["tags.mlflow.parentRunId"] == parent["run_id"]).sum() == 2  # factor 10 was skipped (resume)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    summary = pd.read_csv(client.download_artifacts(parent["run_id"], "compare/summary.csv", str(tmp_path)))
+    assert summary["steering.factor"].tolist() == [1.0, 10.0, 30.0]
+    assert parent["params.steering.factor"] == "1,10,30"
