@@ -101,15 +101,17 @@ def test_compare_without_a_store_says_so(tmp_path):
 def test_hypotheses_figure_leaves_out_what_does_not_vary():
     runs = pd.DataFrame({"run_id": ["a", "b", "c"], "status": "FINISHED", "tags.mlflow.runName": ["x", "y", "z"],
                          "params.steering.factor": ["1.0", "10.0", "30.0"], "params.seed": "0",
-                         "metrics.h2.p": [0.5, 0.01, 0.2], "metrics.network.n_edges": [10.0, 10.0, 10.0]})
+                         "metrics.h2.p": [0.5, 0.01, 0.2], "metrics.network.n_edges": [10.0, 10.0, 10.0],
+                         "tags.h2.verdict": ["not supported", "supported", "not supported"]})
     table, dims = full_table(runs)
     assert dims == ["steering.factor"] and list(headline_table(table, dims).columns[:3]) == ["steering.factor", "network.n_edges", "h2.p"]
     assert table["h2.p.sweep_adj"].tolist() == pytest.approx([1.0, 0.03, 0.6])  # Bonferroni across the 3 runs
-    shown, constant = varying(table, ["network.n_edges", "h2.p"])
-    assert shown == ["h2.p"] and constant == {"network.n_edges": 10.0}
+    shown, constant = varying(table, ["network.n_edges", "h2.p", "h2.verdict"])
+    assert shown == ["h2.p", "h2.verdict"] and constant == {"network.n_edges": 10.0}
     fig = plot_hypotheses(table, dims, shown, constant)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "10", "30"] and ax.get_xscale() == "log"
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == ["not supported", "supported"]  # the verdicts
     assert "network.n_edges=10" in " ".join(t.get_text() for t in fig.texts)
 
 
