@@ -319,7 +319,8 @@ def _panel(ax, table: pd.DataFrame, dim: str, metric: str, others: list[str]) ->
         xs = part[dim] if numeric_x else part[dim].astype(str).map({lab: j for j, lab in enumerate(labels)})
         ys = part[metric].astype(str).map({lev: j for j, lev in enumerate(levels)}) if categorical_y else part[metric]
         order = np.argsort(xs.to_numpy(dtype=float), kind="stable")
-        label = ", ".join(f"{o}={k}" for o, k in zip(others, key if isinstance(key, tuple) else (key,))) if others else None
+        keys = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{o}={k:g}" if isinstance(k, float) else f"{o}={k}" for o, k in zip(others, keys)) if others else None
         ax.plot(xs.to_numpy(dtype=float)[order], ys.to_numpy(dtype=float)[order], "o-", color=f"C{i % 10}", label=label, ms=5)
     if numeric_x:
         _real_value_axis(ax, table[dim].dropna())
