@@ -39,4 +39,4 @@ bench: setup
 	$(PY) benchmarks/steering.py
 
 clean:
-	rm -rf multirun outputs mlruns mlflow.db .featsweep_cache
+	rm -rf multirun outputs mlruns mlflow.db .featsweep_cache compare

@@ -20,7 +20,7 @@ register_configs()
 log = logging.getLogger("featsweep")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
         checked(cfg)  # every value check, before the heavy imports: a bad value fails in about a second
@@ -36,6 +36,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(1)
     # torch, MLflow and TransformerLens take seconds to import: only once the config is known to be good
     from featsweep import pipeline
+    from featsweep.sweep_report import run_finished_message
     from featsweep.tracking import is_multirun
 
     try:
@@ -57,7 +58,7 @@ def main(cfg: DictConfig) -> None:
     metrics = outcome["metrics"]
     headline = [k for k in HEADLINE if k in metrics]
     log.info("Run %s finished: %s", outcome["run_id"], ", ".join(f"{k}={metrics[k]:.4g}" for k in headline))
-    log.info("Browse it with: mlflow ui --backend-store-uri %s", cfg.tracking.uri)
+    log.info("%s", run_finished_message(outcome["run_id"], cfg.tracking.uri))
     return None
 
 

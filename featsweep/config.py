@@ -1,6 +1,6 @@
 """Typed schema behind the YAML config groups.
 
-Every group in ``conf/`` is validated against a dataclass here, so a wrong type
+Every group in ``featsweep/conf/`` is validated against a dataclass here, so a wrong type
 or an unknown enum choice fails when Hydra composes the config, not deep inside
 a stage. This module is the single place that owns each option's name, type and
 default; the YAML files only pick values.

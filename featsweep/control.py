@@ -4,7 +4,7 @@
     python -m featsweep.control --write    # ... and record them in the organism's model_card.json
     python -m featsweep.control --steering # ... also single-feature steering (slower)
 
-The default preset (``conf/experiment/organism.yaml``) builds the network exactly as
+The default preset (``featsweep/conf/experiment/organism.yaml``) builds the network exactly as
 ``python -m featsweep`` does (task, attribution, generic-text max activations, clustering with its
 permutation null and bootstrap), through the same functions, without MLflow. Besides the pipeline's
 own metrics it describes the kept clusters by the prompts' sports: for each kept cluster the mean
@@ -34,7 +34,7 @@ from featsweep.steering import steering_scales
 from featsweep.subject import load_subject, max_activations
 from featsweep.task import load_task, task_stage
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parent / "conf"
 
 #: the run metrics the card records (``network.*``/``h1.*`` from the network stage, ``task.*`` from the task)
 NETWORK_KEYS = ("network.n_edges", "h1.null_edges_mean", "network.n_kept_clusters", "h1.matched_modularity_z",

@@ -262,8 +262,8 @@ def _steering_figures(per_feature, sets_df, fits, kept, base_prob, factor, linea
             title=f"performance against centrality (H3), factor {factor:g}"),
         "plots/steering_within_vs_between.png": plots.plot_within_between(
             sets_df, "prob", base_prob, title=f"within vs between clusters (H2), factor {factor:g}"),
-        "plots/steering_cluster_breakdown.png": plots.plot_cluster_breakdown(per_feature, sets_df, kept),
+        "plots/steering_cluster_breakdown.png": plots.plot_cluster_breakdown(per_feature, sets_df, kept, factor=factor, baseline=base_prob),
     }
     if linear is not None:
-        figures["plots/steering_linear_vs_exact.png"] = plots.plot_linear_vs_exact(linear, exact, r)
+        figures["plots/steering_linear_vs_exact.png"] = plots.plot_linear_vs_exact(linear, exact, r, factor=factor)
     return figures

@@ -22,6 +22,7 @@ from featsweep.cache import StageCache, cache_key
 from featsweep.config import Config, Stage, checked, to_container
 from featsweep.errors import FeatsweepError
 from featsweep.experiments import steering_stage
+from featsweep.inputs import log_run_inputs
 from featsweep.network import network_stage
 from featsweep.results import StageResult
 from featsweep.subject import load_subject, max_activations
@@ -77,6 +78,7 @@ class Runner:
         for key, value in self.subject.notes.items():
             self.job.tag(f"featsweep.{key}", value)
         self.task = load_task(cfg.task, self.subject.model, cfg.seed)
+        log_run_inputs(self.job, cfg, self.subject, self.task)
         metrics: dict[str, float] = {}
         for stage in stages_to_compute(self.stages):
             if self.skip_reason:

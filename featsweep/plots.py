@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and CI
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -43,13 +44,22 @@ def plot_corr_heatmap(corr: pd.DataFrame, title: str = "feature attribution corr
     for b in bounds:
         ax.axhline(b - 0.5, color="k", lw=0.4)
         ax.axvline(b - 0.5, color="k", lw=0.4)
+    if partition is not None:  # a coloured box around each kept cluster's block, labelled with its id
+        for cluster in kept:
+            rows = [i for i, f in enumerate(order) if partition[f] == cluster]
+            if rows:
+                start, size = rows[0] - 0.5, len(rows)
+                ax.add_patch(plt.Rectangle((start, start), size, size, fill=False, lw=1.6, ec=_cluster_colour(cluster, kept)))
+                ax.text(start + size + 0.5, start + size / 2, f"c{cluster}", color=_cluster_colour(cluster, kept),
+                        fontsize=7, va="center", fontweight="bold")
     if n <= 60:
         ax.set_xticks(range(n), [str(f) for f in order], rotation=90, fontsize=6)
         ax.set_yticks(range(n), [str(f) for f in order], fontsize=6)
     else:
         ax.set_xticks([])
         ax.set_yticks([])
-    ax.set_title(f"{title} ({n} features)")
+    boxed = f"; boxes: the {len(kept)} kept clusters" if partition is not None and kept else ""
+    ax.set_title(f"{title} ({n} features{boxed})")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="r")
     fig.tight_layout()
     return fig
@@ -109,19 +119,32 @@ def plot_cluster_violins(features: pd.DataFrame, metrics: list[str], kept: list[
     return fig
 
 
-def plot_null_distribution(null: np.ndarray, observed: float, label: str, title: str = ""):
-    """Histogram of a null sample with the observed value as a vertical line."""
+def plot_null_distribution(null: np.ndarray, observed: float, label: str, title: str = "", note: str = ""):
+    """Histogram of a null sample with the observed value as a vertical line, its z-score, and a note that
+    says what an observed value below the null means."""
     null = np.asarray(null, dtype=float)
     null = null[np.isfinite(null)]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if len(null):
-        ax.hist(null, bins=min(30, max(5, len(null) // 2)), color="0.6", label=f"null (n={len(null)})")
+        ax.hist(null, bins=min(30, max(5, len(null) // 2)), color="0.6", label=f"null (n={len(null)}): {null.mean():.3g} ± {null.std(ddof=1) if len(null) > 1 else 0:.2g}")
     if np.isfinite(observed):
         ax.axvline(observed, color="C3", lw=2, label=f"observed = {observed:.3g}")
+    if len(null) > 1 and np.isfinite(observed):
+        sd = null.std(ddof=1)
+        z = (observed - null.mean()) / sd if sd > 0 else float("nan")
+        above = float((null >= observed).mean())
+        ax.text(0.02, 0.97, f"z = {z:.2g}; null ≥ observed in {above:.0%} of samples", transform=ax.transAxes, va="top", fontsize=8)
+        if not note and observed < null.mean():
+            note = "observed lies BELOW the null: chance alone gives more"
+            if "modularity" in label:
+                note += ("; a sparser null graph is more modular,\nso compare with the edge-matched null "
+                         "(null_matched_modularity.png, h1.matched_modularity_z)")
+    if note:
+        fig.text(0.01, 0.0, note, fontsize=7, va="top", color="C3")
     ax.set_xlabel(label)
     ax.set_ylabel("count")
-    ax.legend(fontsize=8)
-    ax.set_title(title or f"{label}: permutation null vs observed")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(title or f"{label}: permutation null (prompts shuffled per feature) vs observed", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -153,9 +176,24 @@ def plot_performance_vs_centrality(features: pd.DataFrame, fits: dict, performan
     return fig
 
 
+def _baseline(ax, baseline: float | None, values) -> None:
+    """The unsteered baseline as a line when it lies near the data, else as a note (it would squash the data)."""
+    if baseline is None:
+        return
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    lo, hi = np.percentile(values, [5, 95]) if len(values) else (baseline, baseline)
+    if lo - 0.5 * (hi - lo) <= baseline <= hi + 0.5 * (hi - lo):  # near the bulk of the data
+        ax.axhline(baseline, color="grey", ls="--", lw=1, label=f"no steering: {baseline:.3g}")
+    else:
+        ax.text(0.98, 0.97, f"no steering: {baseline:.3g} (off the axis)", transform=ax.transAxes, ha="right", va="top", fontsize=8, color="grey")
+
+
 def plot_within_between(sets: pd.DataFrame, performance: str = "prob", baseline: float | None = None, title: str = ""):
     """H2: performance of steered feature sets by set size, within one cluster against between clusters
-    (points per set, line through the means)."""
+    (points per set, line through the means), with the Mann-Whitney p-value over all sizes."""
+    from scipy.stats import mannwhitneyu
+
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     offsets = {"within": -0.12, "between": 0.12}
     colours = {"within": "tab:blue", "between": "tab:orange"}
@@ -163,58 +201,87 @@ def plot_within_between(sets: pd.DataFrame, performance: str = "prob", baseline:
         off = offsets.get(sampling, 0.0)
         ax.scatter(group["size"] + off, group[performance], s=12, alpha=0.5, color=colours.get(sampling))
         means = group.groupby("size")[performance].mean()
-        ax.plot(means.index + off, means.values, "o-", color=colours.get(sampling), label=sampling)
-    if baseline is not None:
-        ax.axhline(baseline, color="grey", ls="--", lw=1, label="baseline")
-    ax.set_xticks(sorted(sets["size"].unique()))
+        ax.plot(means.index + off, means.values, "o-", color=colours.get(sampling), label=f"{sampling} (mean)")
+    _baseline(ax, baseline, sets[performance] if len(sets) else [])
+    within = sets.loc[sets["sampling"] == "within", performance].dropna() if len(sets) else []
+    between = sets.loc[sets["sampling"] == "between", performance].dropna() if len(sets) else []
+    test = ""
+    if len(within) and len(between):
+        p = mannwhitneyu(within, between, alternative="two-sided").pvalue
+        test = f"\nMann-Whitney p = {p:.2g}, all sizes (H2 predicts within < between)"
+    if len(sets):
+        ax.set_xticks(sorted(sets["size"].unique()))
     ax.set_xlabel("features steered")
     ax.set_ylabel(f"mean {performance} over prompts")
-    ax.legend(fontsize=8)
-    ax.set_title(title or "within- against between-cluster sets (H2)")
+    ax.legend(fontsize=8, loc="center right")
+    ax.set_title((title or "within- against between-cluster sets (H2)") + test, fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def plot_cluster_breakdown(single: pd.DataFrame, sets: pd.DataFrame, kept: list[int], performance: str = "mean_prob",
-                           set_performance: str = "prob", title: str = ""):
+                           set_performance: str = "prob", title: str = "", factor: float | None = None,
+                           baseline: float | None = None):
     """Per-cluster view: single-feature performance after steering per cluster (left) and within-cluster
-    set performance by set size per cluster (right)."""
+    set performance by set size per cluster (right), against the unsteered baseline."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     data = [single.loc[single["cluster"] == c, performance].to_numpy() for c in kept]
     if any(len(d) for d in data):
         left.boxplot(data)
         left.set_xticks(range(1, len(kept) + 1), [str(c) for c in kept])
-    left.set_xlabel("cluster")
-    left.set_ylabel(performance.replace("_", " ") + " (single feature)")
+    _baseline(left, baseline, np.concatenate(data) if data else [])
+    left.set_xlabel("kept cluster")
+    left.set_ylabel(performance.replace("_", " ") + " (one feature steered)")
     within = sets[sets["sampling"] == "within"] if len(sets) else sets
     for c in kept:
         part = within[within["clusters"] == str(c)] if len(within) else within
         if len(part):
             means = part.groupby("size")[set_performance].mean()
             right.plot(means.index, means.values, "o-", color=_cluster_colour(c, kept), label=f"cluster {c}")
-    right.set_xlabel("features steered (within one cluster)")
-    right.set_ylabel(f"mean {set_performance}")
     if len(within):
+        right.set_xticks(sorted(int(v) for v in within["size"].unique()))  # set sizes are whole numbers
+        _baseline(right, baseline, within[set_performance])
         right.legend(fontsize=8)
-    fig.suptitle(title or "per-cluster breakdown")
+    right.set_xlabel("features steered (all from one cluster)")
+    right.set_ylabel(f"mean {set_performance}")
+    at = f" at factor {factor:g}" if factor is not None else ""
+    fig.suptitle(title or f"per-cluster breakdown of steering{at}: one feature (left), sets from one cluster (right)")
     fig.tight_layout()
     return fig
 
 
-def plot_linear_vs_exact(linear, exact, r: float, title: str = ""):
+def plot_linear_vs_exact(linear, exact, r: float, title: str = "", factor: float | None = None):
     """The first-order (attribution-gradient) estimate of the change in logit difference against the
-    exact change from steering, with the identity line."""
+    exact change from steering. Axes span the central 98% of the data (outliers are counted, not drawn),
+    the identity line spans the visible range, and dense data is shown as a 2-D histogram."""
     linear, exact = np.asarray(linear, dtype=float), np.asarray(exact, dtype=float)
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    ax.scatter(linear, exact, s=6, alpha=0.4)
     finite = np.isfinite(linear) & np.isfinite(exact)
-    if finite.any():
-        lo = float(min(linear[finite].min(), exact[finite].min()))
-        hi = float(max(linear[finite].max(), exact[finite].max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    linear, exact = linear[finite], exact[finite]
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    if len(linear):
+        both = np.concatenate([linear, exact])
+        lo, hi = np.percentile(both, [1, 99])
+        pad = 0.05 * (hi - lo or 1.0)
+        lo, hi = lo - pad, hi + pad
+        inside = (linear >= lo) & (linear <= hi) & (exact >= lo) & (exact <= hi)
+        if len(linear) > 2000:
+            hb = ax.hexbin(linear[inside], exact[inside], gridsize=40, bins="log", cmap="Blues", mincnt=1, extent=(lo, hi, lo, hi))
+            fig.colorbar(hb, ax=ax, label="points (log)")
+        else:
+            ax.scatter(linear[inside], exact[inside], s=5, alpha=0.3, lw=0)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="exact = linear")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.axvline(0, color="grey", lw=0.5)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.legend(fontsize=8, loc="upper left")
+        if (~inside).sum():
+            ax.text(0.98, 0.02, f"{(~inside).sum()} of {len(linear)} points outside the axes", transform=ax.transAxes,
+                    ha="right", fontsize=7)
     ax.set_xlabel("linear estimate of Δ logit diff")
-    ax.set_ylabel("exact Δ logit diff")
-    ax.set_title(title or f"linear preview against exact (r={r:.2f})")
+    ax.set_ylabel("exact Δ logit diff (steered)")
+    at = f" at factor {factor:g}" if factor is not None else ""
+    ax.set_title(title or f"first-order estimate against exact steering{at} (r={r:.2f})", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -222,27 +289,77 @@ def plot_linear_vs_exact(linear, exact, r: float, title: str = ""):
 # ---- sweep (compare) figures ------------------------------------------------------------
 
 
-def metric_vs_dimension(table: pd.DataFrame, dimension: str, metric: str):
-    """One hypothesis metric across the values of one swept dimension (one point per run)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    data = table[[dimension, metric]].dropna()
-    numeric = pd.api.types.is_numeric_dtype(data[dimension])
-    if numeric:
-        means = data.groupby(dimension)[metric].mean()
-        ax.plot(means.index, means.values, "-", color="grey", alpha=0.6)
-        ax.scatter(data[dimension], data[metric], zorder=3)
-        if data[dimension].min() > 0 and data[dimension].max() / data[dimension].min() >= 20:
-            ax.set_xscale("log")
+GROUP_OF = {"h1.": "H1", "network.": "H1", "h2.": "H2", "h3.": "H3", "task.": "task", "steering.": "steering"}
+
+
+def _hypothesis(metric: str) -> str:
+    return next((g for prefix, g in GROUP_OF.items() if metric.startswith(prefix)), "")
+
+
+def _real_value_axis(ax, values) -> None:
+    """Ticks at the swept values themselves (1, 10, 30), on a log axis when they span a factor of 20 or more."""
+    values = sorted(set(float(v) for v in values))
+    if values[0] > 0 and values[-1] / values[0] >= 20:
+        ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(values))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{v:g}" for v in values]))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def _panel(ax, table: pd.DataFrame, dim: str, metric: str, others: list[str]) -> None:
+    numeric_x = pd.api.types.is_numeric_dtype(table[dim])
+    labels = sorted(table[dim].astype(str).unique()) if not numeric_x else None
+    categorical_y = not pd.api.types.is_numeric_dtype(table[metric])
+    levels = sorted(table[metric].dropna().astype(str).unique()) if categorical_y else None
+    groups = table.groupby(others, dropna=False) if others else [("", table)]
+    for i, (key, part) in enumerate(groups):
+        part = part[[dim, metric]].dropna()
+        if part.empty:
+            continue
+        xs = part[dim] if numeric_x else part[dim].astype(str).map({lab: j for j, lab in enumerate(labels)})
+        ys = part[metric].astype(str).map({lev: j for j, lev in enumerate(levels)}) if categorical_y else part[metric]
+        order = np.argsort(xs.to_numpy(dtype=float), kind="stable")
+        keys = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{o}={k:g}" if isinstance(k, float) else f"{o}={k}" for o, k in zip(others, keys)) if others else None
+        ax.plot(xs.to_numpy(dtype=float)[order], ys.to_numpy(dtype=float)[order], "o-", color=f"C{i % 10}", label=label, ms=5)
+    if numeric_x:
+        _real_value_axis(ax, table[dim].dropna())
     else:
-        labels = sorted(data[dimension].astype(str).unique())
-        positions = data[dimension].astype(str).map({label: i for i, label in enumerate(labels)})
-        ax.scatter(positions, data[metric], zorder=3)
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    if metric.endswith((".p", ".p_partial", "p_adj")):
-        ax.axhline(0.05, color="red", lw=0.8, ls="--", label="0.05")
-        ax.legend(frameon=False)
-    ax.set_xlabel(dimension)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs {dimension}", fontsize=9)
-    fig.tight_layout()
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    if categorical_y:
+        ax.set_yticks(range(len(levels)), levels, fontsize=7)
+    elif metric.endswith((".p", "_p", "p_adj", "p_partial")):
+        ax.axhline(0.05, color="red", lw=0.8, ls="--", label="p = 0.05")
+        ax.set_ylim(-0.03, 1.03)
+    elif metric.endswith(("_z", "effect_size", "_r")):
+        ax.axhline(0.0, color="grey", lw=0.8)
+        if metric.endswith("_z"):
+            ax.axhline(2.0, color="red", lw=0.8, ls="--", label="z = 2")
+    ax.set_xlabel(dim, fontsize=8)
+    ax.set_title(f"{_hypothesis(metric)}: {metric}", fontsize=9)
+    ax.tick_params(labelsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, frameon=False)
+
+
+def plot_hypotheses(table: pd.DataFrame, dims: list[str], metrics: list[str], constant: dict, title: str = ""):
+    """The sweep's answer on one figure: each headline statistic (rows) against each swept dimension
+    (columns), with the swept values themselves on the axis. Other dimensions become one line each.
+    Statistics that did not vary are not drawn but listed under the figure."""
+    panels = [(m, d) for m in metrics for d in dims]
+    ncols = len(dims) if len(dims) > 1 else min(4, max(1, len(metrics)))
+    nrows = max(1, int(np.ceil(len(panels) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows + 0.9), squeeze=False)
+    for ax, (metric, dim) in zip(axes.flat, panels):
+        _panel(ax, table, dim, metric, [d for d in dims if d != dim])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no headline statistic varies across these runs", ha="center", va="center")
+    fig.suptitle(f"H1-H3 across the sweep{': ' + title if title else ''} ({len(table)} runs)", fontsize=11)
+    if constant:
+        items = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in constant.items()]
+        lines = [", ".join(items[i : i + 5]) for i in range(0, len(items), 5)]
+        fig.text(0.01, 0.0, "Same in every run (not drawn): " + "\n".join(lines), fontsize=7, va="top", wrap=True)
+    fig.tight_layout(rect=(0, 0.0, 1, 0.97))
     return fig

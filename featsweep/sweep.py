@@ -17,7 +17,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from featsweep import naming
 from featsweep.compare import summarize_sweep
+from featsweep.sweep_report import sweep_finished_message
 from featsweep.tracking import PARENT_ENV, PARENT_FILE, client_for, ensure_experiment
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,11 @@ class SweepCallback(Callback):
         overrides = list(config.hydra.overrides.task)
         run = client.create_run(
             experiment_id,
-            run_name=f"sweep {sweep_dir.parent.name}/{sweep_dir.name}",
-            tags={"featsweep.role": "sweep", "featsweep.sweep_dir": str(sweep_dir), "featsweep.sweep_overrides": " ".join(overrides)},
+            run_name=tracking.run_name or naming.parent_run_name(overrides, sweep_dir),
+            tags={"featsweep.role": "sweep", "featsweep.sweep_dir": str(sweep_dir), "featsweep.sweep_overrides": " ".join(overrides),
+                  **naming.description("sweep", config)},
         )
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        naming.remember_sweep(sweep_dir, overrides)
         (sweep_dir / PARENT_FILE).write_text(run.info.run_id)
         os.environ[PARENT_ENV] = run.info.run_id
         log.info("Sweep parent run %s", run.info.run_id)
@@ -74,6 +77,7 @@ class SweepCallback(Callback):
             log.warning("Cross-run summary failed: %s", err)
             client.set_tag(parent, "featsweep.compare_error", str(err)[:5000])
         client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+        print(sweep_finished_message(client, parent, config.tracking.uri), flush=True)
         if failed:
             total = len(children) + len(failed_before_a_run(config))
             print(f"featsweep: {len(failed)} of {total} jobs failed: {', '.join(failed)}. "

@@ -29,6 +29,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from featsweep import naming
 from featsweep.errors import FeatsweepError
 from featsweep.results import StageResult
 
@@ -179,7 +180,7 @@ class JobRun:
             tags["featsweep.git_commit"] = commit
         if parent:
             tags["mlflow.parentRunId"] = parent
-        run = self.client.create_run(experiment_id, run_name=tracking.run_name, tags=tags)
+        run = self.client.create_run(experiment_id, run_name=naming.job_run_name(tracking.run_name), tags={**tags, **naming.description()})
         self.run_id = run.info.run_id
         log.info("MLflow run %s (experiment '%s', %s)", self.run_id, tracking.experiment, tracking.uri)
         self._log_config()
@@ -211,6 +212,7 @@ class JobRun:
             self.tag(key, value)
         for artifact_path, table in result.tables.items():
             self._log_file(artifact_path, lambda p, t=table: t.to_parquet(p, index=False))
+            self._log_file(str(Path(artifact_path).with_suffix(".csv")), lambda p, t=table: t.to_csv(p, index=False))  # the UI previews CSV
         for artifact_path, figure in result.figures.items():
             self._log_file(artifact_path, lambda p, f=figure: f.savefig(p, dpi=110, bbox_inches="tight"))
 

@@ -27,7 +27,7 @@ from featsweep.task import ATHLETES
 TINY_HOOK = "blocks.1.hook_resid_pre"
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "featsweep" / "conf"
 
 
 def run_featsweep(cwd, *args, module: str = "featsweep", timeout: int = 600, env: dict | None = None):

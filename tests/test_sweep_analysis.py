@@ -45,8 +45,10 @@ def test_sweep_summary_is_logged_to_the_parent_with_corrected_p_values(factor_sw
     client = MlflowClient(f"sqlite:///{work}/mlflow.db")
     logged = artifacts(client, parent["run_id"])
     assert "compare/summary.csv" in logged
-    assert any(p.startswith("compare/plots/") and "steering.factor" in p for p in logged)
-    local = client.download_artifacts(parent["run_id"], "compare/summary.csv", str(work))
+    assert {"compare/hypotheses.png", "compare/report.html", "compare/summary_full.csv"} <= logged
+    assert sorted(runs[runs["tags.mlflow.parentRunId"].notna()]["tags.mlflow.runName"]) == [
+        "steering.factor=1", "steering.factor=10", "steering.factor=30"]
+    local = client.download_artifacts(parent["run_id"], "compare/summary_full.csv", str(work))
     summary = pd.read_csv(local)
     assert sorted(summary["steering.factor"]) == [1.0, 10.0, 30.0]
     assert parent["tags.featsweep.compare.dimensions"] == "steering.factor"
