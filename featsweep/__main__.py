@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -103,12 +104,20 @@ def job(cfg: DictConfig) -> None:
     return None
 
 
+def _writable(folder: str) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def _check_working_directory(argv: list[str]) -> None:
     """Hydra writes outputs/ (multirun/) in the working directory before featsweep runs: say so in one line."""
     if any(a in NO_OUTPUT_FLAGS or a.split("=")[0] in NO_OUTPUT_FLAGS for a in argv):
         return
     key = "hydra.sweep.dir=" if ("-m" in argv or "--multirun" in argv) else "hydra.run.dir="
-    if any(a.lstrip("+").startswith(key) for a in argv) or os.access(os.getcwd(), os.W_OK):
+    if any(a.lstrip("+").startswith(key) for a in argv) or _writable(os.getcwd()):
         return
     print(f"featsweep: error: the working directory {os.getcwd()} is not writable, and featsweep writes there "
           "(outputs/, multirun/, the MLflow store mlflow.db, the stage cache). Run from a writable folder, or set "

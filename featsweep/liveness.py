@@ -5,8 +5,9 @@ A RUNNING featsweep run (a job's or a sweep's parent) carries three tags:
 * ``featsweep.host`` and ``featsweep.pid`` — the machine and process that own it, plus
   ``featsweep.pid_start`` (the process start time from ``/proc``, so a recycled pid is not mistaken
   for the owner);
-* ``featsweep.heartbeat`` — Unix time in seconds, refreshed every ``HEARTBEAT_S`` seconds by a daemon
-  thread of the owning process.
+* ``featsweep.heartbeat`` — Unix time in seconds, refreshed every ``HEARTBEAT_S`` (15) seconds by a
+  daemon thread of the owning process. A job whose heartbeat finds its tracking server gone stops at
+  once (``featsweep.tracking.JobRun``), even in the middle of a long stage.
 
 A RUNNING run is **dead** when either
   1. its host is this host and its process no longer exists (or is another process with the same pid), or
@@ -26,12 +27,12 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 30.0
-STALE_S = 300.0  # ten missed heartbeats
+HEARTBEAT_S = 15.0
+STALE_S = 300.0  # twenty missed heartbeats
 HOST_TAG, PID_TAG, PID_START_TAG, HEARTBEAT_TAG = "featsweep.host", "featsweep.pid", "featsweep.pid_start", "featsweep.heartbeat"
 REASON_TAG = "featsweep.fail_reason"
 
@@ -106,11 +107,11 @@ def close_dead_runs(client, experiment_id: str) -> list[str]:
 
 
 class Heartbeat:
-    """A daemon thread that refreshes a run's heartbeat tag until stopped. Store errors are ignored here:
-    the job's own calls report a lost store."""
+    """A daemon thread that refreshes a run's heartbeat tag until stopped. After a failed beat it calls
+    ``on_failure()``; when that returns True (the store is gone) the heartbeat stops."""
 
-    def __init__(self, client, run_id: str, interval: float = HEARTBEAT_S):
-        self.client, self.run_id, self.interval = client, run_id, interval
+    def __init__(self, client, run_id: str, interval: float = HEARTBEAT_S, on_failure: Optional[Callable[[], bool]] = None):
+        self.client, self.run_id, self.interval, self.on_failure = client, run_id, interval, on_failure
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"featsweep-heartbeat-{run_id[:8]}", daemon=True)
         self._thread.start()
@@ -121,6 +122,8 @@ class Heartbeat:
                 self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
             except Exception as err:
                 log.debug("Heartbeat of %s failed: %s", self.run_id, err)
+                if self.on_failure is not None and not self._stop.is_set() and self.on_failure():
+                    return
 
     def stop(self) -> None:
         self._stop.set()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from featsweep import signals
 from featsweep.compare import summarize_sweep
@@ -124,14 +124,22 @@ class SweepCallback(Callback):
     """Opens (or continues) the sweep's parent run before any job starts and accounts for every job at the end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracking = config.tracking
+        # Hydra only warns when a callback raises, and would run every job against a store that cannot record
+        # it: stop the sweep here instead, with one line.
         try:
-            client, experiment_id = ensure_experiment(tracking.uri, tracking.experiment, tracking.artifact_root)
-        except FeatsweepError as err:  # Hydra would only warn and run every job against a dead store
+            self._open_parent(config)
+        except FeatsweepError as err:
             print(f"featsweep: error: {err}", file=sys.stderr)
             sys.exit(1)
+        except Exception as err:
+            print(f"featsweep: error: the sweep's parent run could not be opened: {type(err).__name__}: {err}", file=sys.stderr)
+            sys.exit(1)
+
+    def _open_parent(self, config: DictConfig) -> None:
+        tracking = config.tracking
+        client, experiment_id = ensure_experiment(tracking.uri, tracking.experiment, tracking.artifact_root)
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        overrides = list(config.hydra.overrides.task)
+        overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
         key = sweep_key(overrides, tracking.experiment)
         previous = find_parent(client, experiment_id, key) if tracking.skip_finished else None
         if previous is not None:

@@ -11,8 +11,10 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -173,6 +175,8 @@ class JobRun:
         self.reused_as: Optional[str] = None  # the run that lists it in this sweep (itself, or a link run)
         self.offline = False  # the store stopped answering: log nothing more, keep everything on disk
         self.heartbeat: Optional[Heartbeat] = None
+        self._previous_handler = None
+        self._handler_installed = False
         self.tags: dict[str, str] = {}
         self.metrics: dict[str, float] = {}
         self.artifacts: list[tuple[str, Optional[str]]] = []  # (local path, artifact folder)
@@ -200,10 +204,33 @@ class JobRun:
         self.tags.update(tags)
         run = self.client.create_run(experiment_id, run_name=tracking.run_name, tags=tags)
         self.run_id = run.info.run_id
-        self.heartbeat = Heartbeat(self.client, self.run_id)
+        self._watch_store()
         log.info("MLflow run %s (experiment '%s', %s)", self.run_id, tracking.experiment, tracking.uri)
         self._log_config()
         return self
+
+    def _watch_store(self) -> None:
+        """Heartbeat; if it finds the server gone, stop the job at once (SIGUSR1 to the main thread raises
+        StoreLost there), so a long stage does not run on for minutes against a dead store."""
+        try:
+            self._previous_handler = signal.signal(signal.SIGUSR1, self._raise_lost)
+            self._handler_installed = True
+        except ValueError:  # not the main thread: the job's next store call reports the loss
+            pass
+        self.heartbeat = Heartbeat(self.client, self.run_id, on_failure=self._heartbeat_failed)
+
+    def _heartbeat_failed(self) -> bool:
+        uri = self.cfg.tracking.uri
+        if not is_http(uri) or server_alive(uri, timeout=3):
+            return False
+        self.offline = True
+        if self._handler_installed:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+        return True
+
+    def _raise_lost(self, signum, frame) -> None:
+        if self.offline and self.run_id:
+            raise self._lost("its heartbeat could not reach it")
 
     def _store(self, method: str, *args, **kwargs) -> None:
         """Call the MLflow client; a store that stopped answering becomes one StoreLost error, and the
@@ -277,6 +304,9 @@ class JobRun:
             return False
         if self.heartbeat:
             self.heartbeat.stop()
+        if self._handler_installed:
+            signal.signal(signal.SIGUSR1, self._previous_handler or signal.SIG_DFL)
+            self._handler_installed = False
         status, error = "FINISHED", None
         interrupted = signals.interruption(exc)
         if interrupted:
