@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,9 +48,21 @@ KEY_TAG = "featsweep.sweep_key"
 WHERE_NOT_WHAT = ("tracking.", "cache.", "+tracking.", "+cache.", "++tracking.", "++cache.")
 
 
+def _canonical(override: str) -> str:
+    """An override with the values of a simple sweep in sorted order (`a=6,5` -> `a=5,6`): the same jobs."""
+    try:
+        parsed = OverridesParser.create().parse_overrides([override])[0]
+        if parsed.is_discrete_sweep():
+            return f"{parsed.get_key_element()}=" + ",".join(sorted(parsed.sweep_string_iterator()))
+    except Exception:  # anything unusual is kept as written
+        pass
+    return override
+
+
 def sweep_key(overrides: list[str], experiment: str) -> str:
-    """The identity of a sweep: its overrides (order and output locations aside) and experiment."""
-    kept = sorted(o for o in overrides if not o.startswith(WHERE_NOT_WHAT))
+    """The identity of a sweep: its overrides (their order, the order of a sweep's values and the output
+    locations aside) and its experiment."""
+    kept = sorted(_canonical(o) for o in overrides if not o.startswith(WHERE_NOT_WHAT))
     return hashlib.sha256(json.dumps([experiment, kept]).encode()).hexdigest()[:16]
 
 

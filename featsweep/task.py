@@ -99,9 +99,16 @@ def read_task_rows(task_cfg) -> pd.DataFrame:
             rows = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
         else:
             rows = pd.read_json(path, lines=path.suffix == ".jsonl", dtype=str, encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise FeatsweepError(f"task.path={path} is not UTF-8 text (byte {err.object[err.start:err.start + 1]!r} at "
-                             f"offset {err.start}). Save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as err:  # the position in the whole file, not in pandas' chunk
+            line = raw[: err.start].count(b"\n") + 1
+            where = f" (byte {raw[err.start:err.start + 1]!r} at offset {err.start}, line {line})"
+        raise FeatsweepError(f"task.path={path} is not UTF-8 text{where}. Save it as UTF-8 "
+                             "(e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`).") from None
     except pd.errors.EmptyDataError:
         raise FeatsweepError(f"task.path={path} has no columns. Give a header line and one row per prompt.") from None
     except (pd.errors.ParserError, ValueError) as err:
