@@ -314,7 +314,8 @@ def test_a_server_killed_mid_job_fails_the_job_fast_and_upload_recovers_it(tmp_p
     uri = f"http://127.0.0.1:{port}"
     try:
         job = start(tmp_path, "task.limit=30", *FAST, "tracking=server", f"tracking.uri={uri}")
-        assert wait_for(lambda: job_log_says(tmp_path / "outputs", "featsweep.task"), 300, job), "the job never started"
+        assert wait_for(lambda: bool(list(tmp_path.glob("outputs/*/*/tables/task_baseline.parquet"))), 300, job), \
+            "the job never logged its first stage"
         os.killpg(server.pid, signal.SIGKILL)  # the server dies in the middle of the job
         server.wait()
         killed_at = time.time()
