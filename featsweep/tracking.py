@@ -155,6 +155,16 @@ def attach_to_sweep(client, parent: str, run) -> str:
     return link.info.run_id
 
 
+def _short_reason(err: Exception) -> str:
+    text = str(err)
+    for needle, reason in (("Connection refused", "connection refused"), ("timed out", "timed out"),
+                           ("Max retries exceeded", "no answer after retries"), ("RemoteDisconnected", "connection dropped")):
+        if needle in text:
+            return reason
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first if len(first) <= 200 else first[:200] + "..."
+
+
 class JobRun:
     """The MLflow run of one job. Use as a context manager: an exception ends the run FAILED (KILLED on
     SIGTERM), with the error as a tag and a traceback artifact; what was logged before stays. While
@@ -243,7 +253,7 @@ class JobRun:
             uri = self.cfg.tracking.uri
             if is_http(uri) and not server_alive(uri, timeout=3):
                 self.offline = True
-                raise self._lost(str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__) from None
+                raise self._lost(_short_reason(err)) from None
             raise
 
     def _lost(self, why: str) -> StoreLost:

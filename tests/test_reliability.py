@@ -322,6 +322,7 @@ def test_a_server_killed_mid_job_fails_the_job_fast_and_upload_recovers_it(tmp_p
         code = job.wait(timeout=120)
         elapsed = time.time() - killed_at
         err = (tmp_path / "proc.err").read_text()
+        print(f"the job exited {elapsed:.1f} s after the server was killed")
         assert code == 1 and elapsed < 60, (code, elapsed, err[-2000:])
         assert err.count("featsweep: error: Lost the MLflow tracking store") == 1 and "Traceback" not in err
         folder = Path(err.split("log it with: python -m featsweep.upload ")[1].split()[0])
