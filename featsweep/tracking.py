@@ -187,6 +187,7 @@ class JobRun:
         self.heartbeat: Optional[Heartbeat] = None
         self._previous_handler = None
         self._handler_installed = False
+        self._closing = False
         self.tags: dict[str, str] = {}
         self.metrics: dict[str, float] = {}
         self.artifacts: list[tuple[str, Optional[str]]] = []  # (local path, artifact folder)
@@ -239,7 +240,7 @@ class JobRun:
         return True
 
     def _raise_lost(self, signum, frame) -> None:
-        if self.offline and self.run_id:
+        if self.offline and self.run_id and not self._closing:
             raise self._lost("its heartbeat could not reach it")
 
     def _store(self, method: str, *args, **kwargs) -> None:
@@ -312,6 +313,7 @@ class JobRun:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.run_id is None:
             return False
+        self._closing = True
         if self.heartbeat:
             self.heartbeat.stop()
         if self._handler_installed:
