@@ -9,7 +9,8 @@ What "the same" means. Two things change float32 results without changing the co
 torch threads (a matmul's reduction order depends on it: a joblib worker runs with 1 thread, a plain
 run with all cores; measured relative differences up to 1.3e-6) and the library versions. Every run
 logs both (``featsweep.torch_threads``, ``featsweep.version.*``). The rerun *pins* the thread count to
-the original's, so on the same machine and versions the numbers are identical, and warns about any
+the original's (and the BLAS thread count, ``featsweep.blas_threads``), so on the same machine and
+versions the numbers are identical, and warns about any
 version that differs. It then compares with a stated relative tolerance (``--rtol``, default 1e-5:
 ten times the reduction-order noise, far below any effect the method measures) and always reports
 the largest relative difference, so "identical" and "equal within 1e-5" are told apart.
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from omegaconf import OmegaConf
+from threadpoolctl import threadpool_limits
 
 from featsweep import pipeline
 from featsweep.config import Config
@@ -48,6 +50,7 @@ def load_logged_config(client, run_id: str):
 
 
 DEFAULT_RTOL = 1e-5
+_PINNED: list = []  # thread-pool limits set for the rerun
 
 
 def relative_difference(a: float, b: float) -> float:
@@ -71,7 +74,7 @@ def compare_metrics(original: dict[str, float], new: dict[str, float], rtol: flo
 
 
 def pin_environment(tags: dict[str, str]) -> None:
-    """Use the original run's torch thread count; warn about library versions that differ from it."""
+    """Use the original run's torch and BLAS thread counts; warn about library versions that differ from it."""
     import torch
 
     from featsweep.tracking import environment_tags
@@ -79,6 +82,9 @@ def pin_environment(tags: dict[str, str]) -> None:
     threads = tags.get("featsweep.torch_threads")
     if threads:
         torch.set_num_threads(int(threads))
+    blas = tags.get("featsweep.blas_threads")
+    if blas:  # kept for the life of the process
+        _PINNED.append(threadpool_limits(limits=int(blas), user_api="blas"))
     here = environment_tags()
     for key, value in tags.items():
         if key.startswith("featsweep.version.") and here.get(key, value) != value:

@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from mlflow.entities import Metric, Param
 from omegaconf import OmegaConf
+from threadpoolctl import threadpool_info
 
 from featsweep import signals
 from featsweep.errors import FeatsweepError
@@ -109,6 +110,9 @@ def environment_tags() -> dict[str, str]:
     import torch
 
     tags = {"featsweep.torch_threads": str(torch.get_num_threads()), "featsweep.version.python": platform.python_version()}
+    blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
+    if blas:  # numpy/scipy's BLAS (statistics in float64); joblib workers limit it too
+        tags["featsweep.blas_threads"] = str(max(blas))
     for package in VERSIONED:
         try:
             tags[f"featsweep.version.{package.replace('-', '_')}"] = metadata.version(package)
@@ -217,7 +221,11 @@ class JobRun:
         self.run_id = run.info.run_id
         self._watch_store()
         log.info("MLflow run %s (experiment '%s', %s)", self.run_id, tracking.experiment, tracking.uri)
-        self._log_config()
+        try:
+            self._log_config()
+        except BaseException as err:  # __exit__ is not called for a failing __enter__: close the run here
+            self.__exit__(type(err), err, err.__traceback__)
+            raise
         return self
 
     def _watch_store(self) -> None:
