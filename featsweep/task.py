@@ -6,6 +6,7 @@ Prompts have different lengths, so every batch holds prompts of one token length
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,7 +20,10 @@ from featsweep.config import Contrast, MultiTokenPolicy
 from featsweep.errors import FeatsweepError
 from featsweep.results import StageResult
 
+log = logging.getLogger(__name__)
+
 ATHLETES = Path(__file__).parent / "data" / "athletes.csv"
+FEW_PROMPTS = 10  # fewer prompts than this: a warning (correlations across prompts are meaningless)
 PERFORMANCE_COLUMNS = ["prob", "rank", "logit", "top10_entropy", "logit_diff"]
 
 
@@ -88,12 +92,32 @@ def read_task_rows(task_cfg) -> pd.DataFrame:
         path = ATHLETES.parent / path  # a task file shipped in featsweep/data, named by file name
     if not path.exists():
         raise FeatsweepError(f"task.path={path} does not exist. Give a CSV or JSONL file, or task.path=null for the athletes task.")
-    if path.suffix == ".csv":
-        rows = pd.read_csv(path, dtype=str, keep_default_na=False)
-    elif path.suffix in (".jsonl", ".json"):
-        rows = pd.read_json(path, lines=path.suffix == ".jsonl", dtype=str)
-    else:
+    if path.suffix not in (".csv", ".jsonl", ".json"):
         raise FeatsweepError(f"task.path={path}: use a .csv or .jsonl file.")
+    try:
+        if path.stat().st_size == 0:
+            raise FeatsweepError(f"task.path={path} is empty (0 bytes). Give a file with a header line and one row per prompt.")
+        if path.suffix == ".csv":
+            rows = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        else:
+            rows = pd.read_json(path, lines=path.suffix == ".jsonl", dtype=str, encoding="utf-8")
+    except UnicodeDecodeError:
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as err:  # the position in the whole file, not in pandas' chunk
+            line = raw[: err.start].count(b"\n") + 1
+            where = f" (byte {raw[err.start:err.start + 1]!r} at offset {err.start}, line {line})"
+        raise FeatsweepError(f"task.path={path} is not UTF-8 text{where}. Save it as UTF-8 "
+                             "(e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`).") from None
+    except pd.errors.EmptyDataError:
+        raise FeatsweepError(f"task.path={path} has no columns. Give a header line and one row per prompt.") from None
+    except (pd.errors.ParserError, ValueError) as err:
+        raise FeatsweepError(f"task.path={path} cannot be parsed ({str(err).splitlines()[0][:160]}). "
+                             "Check that it is a well-formed CSV or JSONL file.") from None
+    except OSError as err:
+        raise FeatsweepError(f"task.path={path} cannot be read ({err.strerror}).") from None
     for column in (task_cfg.subject_column, task_cfg.answer_column):
         if column not in rows.columns:
             raise FeatsweepError(f"Task file {path} has no column '{column}' (columns: {list(rows.columns)}). "
@@ -145,6 +169,9 @@ def load_task(task_cfg, model, seed: int) -> Task:
         raise FeatsweepError("The task needs at least two distinct answers to form a logit difference.")
     if task_cfg.limit is not None:  # >= 2, checked by TaskConfig
         rows = rows.iloc[: task_cfg.limit].reset_index(drop=True)
+    if len(rows) < FEW_PROMPTS:
+        log.warning("Only %d prompts: correlations across so few prompts are mostly noise, so the network, H1 and "
+                    "H3 mean little. Use at least %d (task.limit=null uses the whole file).", len(rows), FEW_PROMPTS)
     # Seeded incorrect answer: uniform over the task's other answers (fixes the original's unseeded draw).
     rng = np.random.default_rng(seed)
     rows["incorrect_text"] = [rng.choice([a for a in answers if a != ans]) for ans in rows["answer_text"]]

@@ -82,45 +82,6 @@ def test_single_run_error_is_one_line_and_marks_the_run_failed(tmp_path):
     assert runs.iloc[0]["status"] == "FAILED"
 
 
-def test_interrupted_multirun_resumes_with_only_the_missing_jobs(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    # Whole-pipeline jobs take seconds each, so the sweep can be caught between its first and second job.
-    sweep = ["-m", "task.limit=60,70,80"]
-    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
-    proc = subprocess.Popen([sys.executable, "-m", "featsweep", *sweep], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    finished = 0
-    while time.time() < deadline and proc.poll() is None and finished < 1:
-        time.sleep(0.3)
-        # read the store only once the sweep has created it (two first users of SQLite race)
-        if list(tmp_path.glob("multirun/*/*/.featsweep_parent_run_id")):
-            runs = mlflow_runs(tmp_path)
-            if "tags.mlflow.parentRunId" in runs:
-                finished = int(((runs["status"] == "FINISHED") & runs["tags.mlflow.parentRunId"].notna()).sum())
-    assert proc.poll() is None, "the sweep ended before it could be interrupted"
-    os.killpg(proc.pid, signal.SIGKILL)  # interrupt the sweep part-way
-    proc.wait()
-    assert finished == 1, "the sweep should have been interrupted after its first job"
-
-    again = run_featsweep(tmp_path, *sweep)
-    assert again.returncode == 0, again.stderr[-3000:]
-    runs = mlflow_runs(tmp_path)
-    jobs = runs[runs["tags.mlflow.parentRunId"].notna()]
-    done = jobs[jobs["status"] == "FINISHED"]
-    assert sorted(done["params.task.limit"]) == ["60", "70", "80"]  # each config finished exactly once
-    assert done["tags.featsweep.config_hash"].is_unique
-    second_parent = runs[runs["tags.featsweep.role"] == "sweep"].sort_values("start_time").iloc[-1]
-    assert len(done[done["tags.mlflow.parentRunId"] == second_parent["run_id"]]) == 2  # only the missing jobs ran
-    skipped = [c for c in runs.columns if c.startswith("tags.featsweep.skipped.")]
-    assert len(skipped) == 1 and pd.notna(second_parent[skipped[0]])  # the skip is recorded in the parent run
-
-
 def test_unreachable_tracking_server_is_one_clear_error(tmp_path):
     proc = run_featsweep(tmp_path, *QUICK, "tracking=server", "tracking.uri=http://127.0.0.1:9")
     assert proc.returncode == 1
