@@ -46,6 +46,7 @@ import pandas as pd
 from scipy import stats as sps
 from tqdm.auto import tqdm
 
+from featsweep import graph as fgraph
 from featsweep.config import ClusteringConfig, CommunityAlgorithm, CorrelationMethod, EdgeSign
 from featsweep.errors import FeatsweepError
 from featsweep.results import StageResult
@@ -89,18 +90,7 @@ def cap_features(matrix: pd.DataFrame, cap: int) -> pd.DataFrame:
 
 def correlate(values: np.ndarray, method: CorrelationMethod | str = CorrelationMethod.pearson) -> np.ndarray:
     """Feature x feature correlation of a prompts x features array whose columns are not constant."""
-    values = np.asarray(values, dtype=float)
-    if CorrelationMethod(method) is CorrelationMethod.spearman:
-        values = sps.rankdata(values, axis=0)
-    centred = values - values.mean(axis=0)
-    norms = np.sqrt((centred**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = centred / norms
-        corr = z.T @ z
-    corr = np.nan_to_num(corr, nan=0.0)  # only reachable for constant columns, which callers drop
-    np.clip(corr, -1.0, 1.0, out=corr)
-    np.fill_diagonal(corr, 1.0)
-    return corr
+    return fgraph.correlate(values, CorrelationMethod(method))
 
 
 def edge_list(corr: np.ndarray, threshold: float, edges: EdgeSign | str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -235,23 +225,31 @@ def attribution_metrics(matrix: pd.DataFrame, corr: pd.DataFrame) -> pd.DataFram
     })
 
 
-def cluster_matrix(values: np.ndarray, features: list[int], cfg: ClusteringConfig, seed: int
-                   ) -> tuple[nx.Graph, dict[int, int], float]:
+def cluster_matrix(values: np.ndarray, features: list[int], cfg: ClusteringConfig, seed: int,
+                   engine: str = "igraph") -> tuple[int, dict[int, int], float]:
     """The whole pipeline on a prompts x features array: correlate, threshold, cluster, modularity.
+    Returns ``(n_edges, partition, modularity)``.
 
-    Constant columns are dropped first (so a resample can be clustered safely).
+    Constant columns are dropped first (so a resample can be clustered safely). ``engine="igraph"``: the
+    compiled path of :mod:`featsweep.graph` (edges, communities, modularity only); ``"networkx"``: the reference.
     """
     values = np.asarray(values, dtype=float)
+    if engine == "igraph":
+        c = fgraph.cluster_values(values, cfg.method, cfg.threshold, cfg.edges, cfg.algorithm, cfg.weighted,
+                                  cfg.resolution, seed, features)
+        feats = [f for f, k in zip(features, c.keep) if k]
+        return c.n_edges, dict(zip(feats, c.membership.tolist())), c.modularity
     keep = np.ptp(values, axis=0) > 0
     feats = [f for f, k in zip(features, keep) if k]
     corr = pd.DataFrame(correlate(values[:, keep], cfg.method), index=feats, columns=feats)
     graph = build_graph(corr, cfg.threshold, cfg.edges)
     partition = detect_communities(graph, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
-    return graph, partition, partition_modularity(graph, partition, cfg.weighted, cfg.resolution)
+    return graph.number_of_edges(), partition, partition_modularity(graph, partition, cfg.weighted, cfg.resolution)
 
 
 def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, progress: bool = True,
-                     recluster: bool = True, match_edges: Optional[int] = None) -> pd.DataFrame:
+                     recluster: bool = True, match_edges: Optional[int] = None, engine: str = "igraph"
+                     ) -> pd.DataFrame:
     """``cfg.n_null`` draws after shuffling each feature across prompts independently.
 
     Shuffling keeps every feature's distribution and breaks the co-occurrence between features. Columns:
@@ -263,6 +261,9 @@ def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, pro
       ``match_edges`` strongest null pairs. Modularity is not comparable between graphs of different density
       (a sparse null graph of disjoint pairs scores near 1), so this edge-matched null is the fair reference
       for the observed modularity.
+
+    ``engine="igraph"`` correlates each draw once and computes only edges, communities and modularity
+    (:mod:`featsweep.graph`); ``"networkx"`` is the reference. Both draw the same shuffles.
     """
     rng = np.random.default_rng([seed, 1])
     values = matrix.to_numpy(dtype=float)
@@ -272,9 +273,25 @@ def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, pro
     for draw in tqdm(range(cfg.n_null), desc="H1 permutation null", leave=False, disable=not progress):
         shuffled = rng.permuted(values, axis=0)
         row = {"draw": draw, "n_edges": 0, "modularity": float("nan"), "matched_modularity": float("nan")}
+        if engine == "igraph":
+            keep = np.ptp(shuffled, axis=0) > 0
+            feats = [f for f, k in zip(features, keep) if k]
+            corr = fgraph.correlate(shuffled[:, keep], cfg.method)
+            if recluster:
+                i, j, r = fgraph.threshold_edges(corr, cfg.threshold, cfg.edges)
+                g = fgraph.build(len(feats), i, j, r, cfg.edges)
+                part = fgraph.communities(g, cfg.algorithm, weighted, cfg.resolution, seed + draw, feats)
+                row["n_edges"] = g.ecount()
+                row["modularity"] = 0.0 if g.ecount() == 0 else fgraph.modularity(g, part, weighted, cfg.resolution)
+            else:
+                row["n_edges"] = fgraph.count_edges(corr, cfg.threshold, cfg.edges)
+            if match_edges:
+                row["matched_modularity"] = fgraph.matched_modularity(corr, match_edges, cfg.edges, cfg.algorithm,
+                                                                      weighted, cfg.resolution, seed + draw, feats)
+            rows.append(row)
+            continue
         if recluster:
-            graph, _, modularity = cluster_matrix(shuffled, features, cfg, seed + draw)
-            row["n_edges"] = graph.number_of_edges()
+            row["n_edges"], _, modularity = cluster_matrix(shuffled, features, cfg, seed + draw, engine)
             row["modularity"] = 0.0 if row["n_edges"] == 0 else modularity
         else:
             row["n_edges"] = len(edge_list(correlate(shuffled, cfg.method), cfg.threshold, cfg.edges)[0])
@@ -289,7 +306,7 @@ def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, pro
 
 
 def bootstrap_stability(matrix: pd.DataFrame, partition: dict[int, int], cfg: ClusteringConfig, seed: int,
-                        progress: bool = True) -> pd.DataFrame:
+                        progress: bool = True, engine: str = "igraph") -> pd.DataFrame:
     """``cfg.n_bootstrap`` resamples of the prompts (with replacement), reclustered; ARI against ``partition``
     over the features present in both (a feature constant in a resample drops out of that draw)."""
     from sklearn.metrics import adjusted_rand_score
@@ -300,10 +317,10 @@ def bootstrap_stability(matrix: pd.DataFrame, partition: dict[int, int], cfg: Cl
     rows = []
     for draw in tqdm(range(cfg.n_bootstrap), desc="H1 bootstrap", leave=False, disable=not progress):
         sample = values[rng.integers(0, len(values), size=len(values))]
-        graph, boot, _ = cluster_matrix(sample, features, cfg, seed + draw)
+        n_edges, boot, _ = cluster_matrix(sample, features, cfg, seed + draw, engine)
         common = [f for f in features if f in boot and f in partition]
         ari = adjusted_rand_score([partition[f] for f in common], [boot[f] for f in common]) if common else np.nan
-        rows.append({"draw": draw, "ari": float(ari), "n_common": len(common), "n_edges": graph.number_of_edges()})
+        rows.append({"draw": draw, "ari": float(ari), "n_common": len(common), "n_edges": n_edges})
     return pd.DataFrame(rows, columns=["draw", "ari", "n_common", "n_edges"])
 
 
@@ -334,14 +351,19 @@ def _validate(cfg: ClusteringConfig) -> None:
 
 
 def network_stage(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_max: Optional[np.ndarray],
-                  neuronpedia_id: Optional[str], out_dir: Path, progress: bool = True
+                  neuronpedia_id: Optional[str], out_dir: Path, progress: bool = True, engine: str = "igraph"
                   ) -> tuple[Optional[Network], StageResult]:
     """Build and describe the network of ``matrix`` (prompts x features) and run the H1 statistics.
 
     Returns ``(None, result)`` when fewer than 2 non-constant features exist; otherwise a Network, with
     ``result.skip_reason`` set when no edge passes ``clustering.threshold`` or no cluster reaches
     ``clustering.min_cluster_size`` (the later stages then skip; nothing raises).
+
+    ``engine="igraph"`` (the default) computes on :mod:`featsweep.graph`; ``engine="networkx"`` is the plain
+    reference that tests and ``benchmarks/network.py`` compare it with.
     """
+    if engine not in ("igraph", "networkx"):
+        raise FeatsweepError(f"network engine {engine!r}: use igraph or networkx.")
     from featsweep import plots
     from featsweep.stats import H1_METRICS, cluster_tests, null_summary
 
@@ -378,13 +400,16 @@ def network_stage(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_ma
 
     features = [int(f) for f in used.columns]
     corr = pd.DataFrame(correlate(used.to_numpy(), cfg.method), index=features, columns=features)
-    graph = build_graph(corr, cfg.threshold, cfg.edges)
-    partition = detect_communities(graph, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
+    if engine == "igraph":
+        graph, partition, modularity, central, eig_method = fgraph.observe(
+            corr.to_numpy(), features, cfg.threshold, cfg.edges, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
+    else:
+        graph = build_graph(corr, cfg.threshold, cfg.edges)
+        partition = detect_communities(graph, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
+        modularity = partition_modularity(graph, partition, cfg.weighted, cfg.resolution)
+        central, eig_method = centralities(graph, cfg.weighted)
     sizes = pd.Series(partition).value_counts()
     kept = sorted(int(c) for c, size in sizes.items() if size >= cfg.min_cluster_size)
-    modularity = partition_modularity(graph, partition, cfg.weighted, cfg.resolution)
-
-    central, eig_method = centralities(graph, cfg.weighted)
     table = central.merge(attribution_metrics(used, corr), on="feature")
     table.insert(1, "cluster", [partition[f] for f in table["feature"]])
     table.insert(2, "kept", table["cluster"].isin(kept))
@@ -412,7 +437,7 @@ def network_stage(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_ma
         "network.n_kept_features": float(table["kept"].sum()),
         "network.largest_cluster_size": float(sizes.max()),
         "network.modularity": modularity,
-        "network.eigenvector_converged": float(eig_method == "power_iteration"),
+        "network.eigenvector_converged": float(eig_method in fgraph.CONVERGED_METHODS),
     })
     result.tags["network.eigenvector_method"] = eig_method
     result.tables["tables/features.parquet"] = table
@@ -420,7 +445,8 @@ def network_stage(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_ma
 
     # ---- H1: is the structure more than chance? ----
     if cfg.n_null > 0:
-        null = permutation_null(used, cfg, seed, progress, recluster=n_edges > 0, match_edges=n_edges or None)
+        null = permutation_null(used, cfg, seed, progress, recluster=n_edges > 0, match_edges=n_edges or None,
+                                engine=engine)
         edges_sum = null_summary(float(n_edges), null["n_edges"].to_numpy())
         mod_sum = null_summary(modularity, null["modularity"].to_numpy())
         matched = null_summary(modularity, null["matched_modularity"].to_numpy())
@@ -442,7 +468,7 @@ def network_stage(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_ma
                 null["matched_modularity"].to_numpy(), modularity, "modularity",
                 title=f"modularity: edge-matched null ({n_edges} strongest pairs) vs observed")
     if cfg.n_bootstrap > 0 and n_edges > 0:
-        boot = bootstrap_stability(used, partition, cfg, seed, progress)
+        boot = bootstrap_stability(used, partition, cfg, seed, progress, engine)
         result.metrics["h1.bootstrap_ari_mean"] = float(boot["ari"].mean())
         result.metrics["h1.bootstrap_ari_std"] = float(boot["ari"].std(ddof=1)) if len(boot) > 1 else 0.0
         result.tables["tables/h1_bootstrap.parquet"] = boot
