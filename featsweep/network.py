@@ -422,7 +422,7 @@ def network_stage(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_ma
     for row in table.to_dict("records"):
         nx.set_node_attributes(graph, {row["feature"]: {k: _graphml_value(v) for k, v in row.items()}})
     graph_path = out_dir / "graph.graphml"
-    nx.write_graphml(graph, graph_path)
+    fgraph.write_graphml(graph, graph_path)
     network = Network(matrix=used, corr=corr, graph=graph, partition=partition, kept_clusters=kept, features=table)
 
     n_edges = graph.number_of_edges()
