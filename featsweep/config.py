@@ -185,7 +185,10 @@ class SteeringConfig:
     sampling: List[SetSampling] = field(
         default_factory=lambda: [SetSampling.within, SetSampling.between]
     )
-    batch_size: int = 128  # rows (conditions x prompts) per forward through the tail; ~1-2k tokens stay in CPU cache
+    # Rows (conditions x prompts) per forward through the layers after the hook: null = token_budget / the number
+    # of positions each row recomputes (all positions for positions=all, 1 for positions=last).
+    batch_size: Optional[int] = None
+    token_budget: Optional[int] = None  # rows x recomputed positions per forward; null = from the model's shape
     engine: str = "fast"  # fast | reference
 
 
