@@ -17,13 +17,20 @@ Conventions (each one is an option or a documented choice):
   ``weight``; betweenness and closeness use the path length ``distance = 1 - weight`` (strongly correlated
   features are close). ``weighted=false``: every edge counts 1 (hop counts). Degree centrality is always the
   networkx fraction of other nodes a node is joined to.
-* **Communities.** greedy_modularity (networkx), louvain (networkx, seeded) or leiden (igraph + leidenalg,
+* **Engine.** Everything below is computed on igraph by :mod:`featsweep.graph` (compiled; the nulls and the
+  bootstrap compute edges, communities and modularity only). ``network_stage(..., engine="networkx")`` runs the
+  original networkx implementation, kept as the reference that ``tests/test_graph.py`` and
+  ``benchmarks/network.py`` compare against.
+* **Communities.** greedy_modularity (Clauset-Newman-Moore), louvain (seeded) or leiden (leidenalg,
   ``RBConfigurationVertexPartition`` with ``resolution_parameter=clustering.resolution``, seeded). Cluster ids are
   renumbered by size, 0 = largest (ties: lower smallest feature id first). Clusters with
   ``size >= clustering.min_cluster_size`` (inclusive) are kept.
-* **Eigenvector centrality.** Power iteration (``max_iter=1000``); if it does not converge, the numpy
-  eigen-solver is used and the tag ``network.eigenvector_method`` says so (metric
-  ``network.eigenvector_converged`` = 0). The column is never dropped.
+* **Eigenvector centrality.** The principal eigenvector of each connected component's weighted adjacency, unit
+  norm within the component (isolated features 0): networkx's ``eigenvector_centrality`` on a graph with one
+  component, and defined on disconnected graphs too. The tag ``network.eigenvector_method`` says how it was
+  found (``per_component_lapack`` / ``per_component_arpack``; ``..._lapack_fallback`` when ARPACK did not
+  converge, metric ``network.eigenvector_converged`` = 0; the networkx reference: ``power_iteration`` or
+  ``numpy_fallback``). The column is never dropped.
 * **H1 null.** Each feature's column is shuffled across prompts independently (a seeded generator), then the
   whole pipeline (correlate, threshold, cluster) reruns: null edge counts and null modularities
   (``h1.null_modularity_mean``, ``h1.modularity_z``). Because modularity depends on density (sparse null graphs

@@ -20,7 +20,12 @@ Two implementations that must agree (``tests/test_steering.py`` checks every mod
 * :func:`reference_run`: the plain approach, one full forward pass with a TransformerLens hook per condition.
 * :class:`SteeringEngine`: runs the model up to the hook once per prompt length and caches the
   residual (and the clean keys/values of every later layer); then pushes many conditions at once
-  through blocks ``L..`` only, in chunks of ``steering.batch_size`` rows (row = condition x prompt).
+  through blocks ``L..`` only, in chunks of rows (row = condition x prompt) sized by a token budget:
+  ``steering.token_budget`` tokens (rows x recomputed positions) per forward, chosen from the model's
+  shape when null (:func:`auto_token_budget`); ``steering.batch_size`` fixes the row count instead.
+  Plain pre-norm blocks (LayerNorm, learned positions, standard attention and MLP, e.g. GPT-2 and the
+  organism) run as a few fused ops (:class:`_FusedBlock`: ``F.layer_norm``, one Q/K/V matmul,
+  ``scaled_dot_product_attention``, one-pass GELU); other architectures run TransformerLens's blocks.
   Positions before the first steered one are unchanged, so their keys/values are reused from the
   clean pass (frozen TransformerLens KV-cache entries) and only the later positions are recomputed:
   with ``positions=last`` only the last position goes through the tail. In the final block only the
