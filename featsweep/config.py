@@ -168,9 +168,11 @@ class ClusteringConfig:
     n_null: int = 50  # permutation-null repeats
     n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
     # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
-    # run). Community detection and betweenness grow superlinearly and run 1 + n_null + n_bootstrap times;
-    # a random SAE at GPT-2 shape has ~10k always-active features. null = no cap.
-    max_features: Optional[int] = 500
+    # run). Community detection runs 1 + 2 n_null + n_bootstrap times and greedy modularity grows
+    # superlinearly with the edges (benchmarks/network.py: 2,000 planted features x 1,000 prompts with 50 nulls
+    # and 30 bootstraps take about a minute of CPU on igraph); a random SAE at GPT-2 shape has ~15k varying
+    # features. null = no cap.
+    max_features: Optional[int] = 2000
 
 
 @dataclass

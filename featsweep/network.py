@@ -2,9 +2,9 @@
 
 Conventions (each one is an option or a documented choice):
 
-* **Feature cap.** ``clustering.max_features`` (default 500) keeps the features of largest mean |attribution|
+* **Feature cap.** ``clustering.max_features`` (default 2000) keeps the features of largest mean |attribution|
   when more vary across prompts (metric ``network.n_capped_features``, tag ``network.feature_cap``): community
-  detection and betweenness grow superlinearly and run ``1 + n_null + n_bootstrap`` times.
+  detection grows superlinearly and runs ``1 + 2 n_null + n_bootstrap`` times (``benchmarks/network.py``).
 * **Constant features.** A feature whose attribution is the same on every prompt has no defined correlation.
   It is dropped before correlating and counted in ``network.n_constant_features``; it never gives NaN edges.
 * **Correlation.** Pearson (default) or Spearman (Pearson of the column ranks, average ranks for ties)
