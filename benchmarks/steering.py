@@ -29,7 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from featsweep.config import Contrast, SteeringConfig  # noqa: E402
-from featsweep.steering import Condition, SteeringEngine, reference_run  # noqa: E402
+from featsweep.steering import (Condition, SteeringEngine, auto_token_budget, reference_run,  # noqa: E402
+                                rows_per_chunk)
 from featsweep.subject import Subject  # noqa: E402
 from featsweep.task import Task  # noqa: E402
 
@@ -112,7 +113,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--d-sae", type=int, default=24576)
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--batch-size", type=int, default=SteeringConfig.batch_size,
-                        help="engine rows (conditions x prompts) per forward (steering.batch_size, the config default)")
+                        help="engine rows (conditions x prompts) per forward (steering.batch_size; default: the "
+                             "config's, null = from the token budget)")
+    parser.add_argument("--token-budget", type=int, default=SteeringConfig.token_budget,
+                        help="rows x recomputed positions per forward (steering.token_budget; default: the config's, "
+                             "null = chosen from the model's shape)")
     parser.add_argument("--factor", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args(argv)
@@ -135,11 +140,16 @@ def main(argv=None) -> dict:
     report, peaks = {}, [peak]
     for positions in ("all", "last"):
         cfg = SteeringConfig(mode="negative", scale="gen_max", positions=positions, factor=args.factor,
-                             batch_size=args.batch_size)
+                             batch_size=args.batch_size, token_budget=args.token_budget)
         ref, t_ref = timed(lambda: reference_run(subject, task, cfg, scales, conditions))
         peaks.append(matmul_peak())  # the machine is shared: also measure the peak next to the engine run
         engine, t_init = timed(lambda: SteeringEngine(subject, task, cfg, scales))
         eng, t_run = timed(lambda: engine.run(conditions, progress=False))
+        q = args.length - (0 if positions == "all" else args.length - 1)
+        print(f"positions={positions}: engine {'fused' if engine.fused else 'TransformerLens'} blocks, "
+              f"{rows_per_chunk(cfg, mcfg, q)} rows x {q} positions per forward "
+              f"(token budget {cfg.token_budget or auto_token_budget(mcfg)}{'' if cfg.token_budget else ', auto'})",
+              flush=True)
         t_eng = t_init + t_run
         err = float(np.abs(ref["logit_diff"] - eng["logit_diff"]).max())
         first = 0 if positions == "all" else args.length - 1

@@ -191,9 +191,11 @@ class ClusteringConfig:
     n_null: int = 50  # permutation-null repeats
     n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
     # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
-    # run). Community detection and betweenness grow superlinearly and run 1 + n_null + n_bootstrap times;
-    # a random SAE at GPT-2 shape has ~10k always-active features. null = no cap.
-    max_features: Optional[int] = 500
+    # run). Community detection runs 1 + 2 n_null + n_bootstrap times and greedy modularity grows
+    # superlinearly with the edges (benchmarks/network.py: 2,000 planted features x 1,000 prompts with 50 nulls
+    # and 30 bootstraps take about a minute of CPU on igraph); a random SAE at GPT-2 shape has ~15k varying
+    # features. null = no cap.
+    max_features: Optional[int] = 2000
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= 1:
@@ -219,7 +221,10 @@ class SteeringConfig:
     sampling: List[SetSampling] = field(
         default_factory=lambda: [SetSampling.within, SetSampling.between]
     )
-    batch_size: int = 128  # rows (conditions x prompts) per forward through the tail; ~1-2k tokens stay in CPU cache
+    # Rows (conditions x prompts) per forward through the layers after the hook: null = token_budget / the number
+    # of positions each row recomputes (all positions for positions=all, 1 for positions=last).
+    batch_size: Optional[int] = None
+    token_budget: Optional[int] = None  # rows x recomputed positions per forward; null = from the model's shape
     engine: SteeringEngineKind = SteeringEngineKind.fast
 
     def __post_init__(self) -> None:
@@ -229,7 +234,10 @@ class SteeringConfig:
             _bad("steering.set_sizes", list(self.set_sizes), "a set needs at least one feature: use positive sizes, "
                  "e.g. steering.set_sizes=[1,2,3,4]")
         _at_least("steering.samples_per_size", self.samples_per_size, 1)
-        _at_least("steering.batch_size", self.batch_size, 1)
+        if self.batch_size is not None:
+            _at_least("steering.batch_size", self.batch_size, 1)
+        if self.token_budget is not None:
+            _at_least("steering.token_budget", self.token_budget, 1)
 
 
 @dataclass

@@ -22,13 +22,31 @@ from tqdm.auto import tqdm
 
 from featsweep import plots
 from featsweep.config import ClusteringConfig
-from featsweep.graph import cluster_matrix, correlate, detect_communities, edge_list, partition_modularity, top_pairs_graph
+from featsweep import graph as reference
+from featsweep import graph_engine
 from featsweep.results import Network, StageResult
 from featsweep.stats import H1_METRICS, cluster_tests, null_summary
 
 
+def cluster_matrix(values: np.ndarray, features: list[int], cfg: ClusteringConfig, seed: int,
+                   engine: str = "igraph") -> tuple[int, dict[int, int], float]:
+    """The whole pipeline on a prompts x features array: correlate, threshold, cluster, modularity.
+    Returns ``(n_edges, partition, modularity)``; constant columns are dropped first (a resample may have some).
+    ``engine="igraph"``: :mod:`featsweep.graph_engine` (edges, communities and modularity only);
+    ``"networkx"``: the reference :mod:`featsweep.graph`."""
+    values = np.asarray(values, dtype=float)
+    if engine == "igraph":
+        c = graph_engine.cluster_values(values, cfg.method, cfg.threshold, cfg.edges, cfg.algorithm, cfg.weighted,
+                                        cfg.resolution, seed, features)
+        feats = [f for f, k in zip(features, c.keep) if k]
+        return c.n_edges, dict(zip(feats, c.membership.tolist())), c.modularity
+    graph, partition, modularity = reference.cluster_matrix(values, features, cfg, seed)
+    return graph.number_of_edges(), partition, modularity
+
+
 def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, progress: bool = True,
-                     recluster: bool = True, match_edges: Optional[int] = None) -> pd.DataFrame:
+                     recluster: bool = True, match_edges: Optional[int] = None, engine: str = "igraph"
+                     ) -> pd.DataFrame:
     """``cfg.n_null`` draws after shuffling each feature across prompts independently.
 
     Shuffling keeps every feature's distribution and breaks the co-occurrence between features. Columns:
@@ -40,6 +58,9 @@ def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, pro
       ``match_edges`` strongest null pairs. Modularity is not comparable between graphs of different density
       (a sparse null graph of disjoint pairs scores near 1), so this edge-matched null is the fair reference
       for the observed modularity.
+
+    ``engine="igraph"`` correlates each draw once and computes only edges, communities and modularity;
+    ``"networkx"`` is the reference. Both draw the same shuffles.
     """
     rng = np.random.default_rng([seed, 1])
     values = matrix.to_numpy(dtype=float)
@@ -49,24 +70,39 @@ def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, pro
     for draw in tqdm(range(cfg.n_null), desc="H1 permutation null", leave=False, disable=not progress):
         shuffled = rng.permuted(values, axis=0)
         row = {"draw": draw, "n_edges": 0, "modularity": float("nan"), "matched_modularity": float("nan")}
+        keep = np.ptp(shuffled, axis=0) > 0
+        feats = [f for f, k in zip(features, keep) if k]
+        if engine == "igraph":
+            corr = graph_engine.correlate(shuffled[:, keep], cfg.method)
+            if recluster:
+                i, j, r = graph_engine.threshold_edges(corr, cfg.threshold, cfg.edges)
+                g = graph_engine.build(len(feats), i, j, r, cfg.edges)
+                part = graph_engine.communities(g, cfg.algorithm, weighted, cfg.resolution, seed + draw, feats)
+                row["n_edges"] = g.ecount()
+                row["modularity"] = 0.0 if g.ecount() == 0 else graph_engine.modularity(g, part, weighted, cfg.resolution)
+            else:
+                row["n_edges"] = graph_engine.count_edges(corr, cfg.threshold, cfg.edges)
+            if match_edges:
+                row["matched_modularity"] = graph_engine.matched_modularity(
+                    corr, match_edges, cfg.edges, cfg.algorithm, weighted, cfg.resolution, seed + draw, feats)
+            rows.append(row)
+            continue
         if recluster:
-            graph, _, modularity = cluster_matrix(shuffled, features, cfg, seed + draw)
-            row["n_edges"] = graph.number_of_edges()
+            row["n_edges"], _, modularity = cluster_matrix(shuffled, features, cfg, seed + draw, engine)
             row["modularity"] = 0.0 if row["n_edges"] == 0 else modularity
         else:
-            row["n_edges"] = len(edge_list(correlate(shuffled, cfg.method), cfg.threshold, cfg.edges)[0])
+            row["n_edges"] = len(reference.edge_list(reference.correlate(shuffled, cfg.method), cfg.threshold, cfg.edges)[0])
         if match_edges:
-            keep = np.ptp(shuffled, axis=0) > 0
-            feats = [f for f, k in zip(features, keep) if k]
-            graph = top_pairs_graph(correlate(shuffled[:, keep], cfg.method), feats, match_edges, cfg.edges)
-            part = detect_communities(graph, cfg.algorithm, weighted, cfg.resolution, seed + draw)
-            row["matched_modularity"] = partition_modularity(graph, part, weighted, cfg.resolution)
+            graph = reference.top_pairs_graph(reference.correlate(shuffled[:, keep], cfg.method), feats, match_edges,
+                                              cfg.edges)
+            part = reference.detect_communities(graph, cfg.algorithm, weighted, cfg.resolution, seed + draw)
+            row["matched_modularity"] = reference.partition_modularity(graph, part, weighted, cfg.resolution)
         rows.append(row)
     return pd.DataFrame(rows, columns=["draw", "n_edges", "modularity", "matched_modularity"])
 
 
 def bootstrap_stability(matrix: pd.DataFrame, partition: dict[int, int], cfg: ClusteringConfig, seed: int,
-                        progress: bool = True) -> pd.DataFrame:
+                        progress: bool = True, engine: str = "igraph") -> pd.DataFrame:
     """``cfg.n_bootstrap`` resamples of the prompts (with replacement), reclustered; ARI against ``partition``
     over the features present in both (a feature constant in a resample drops out of that draw)."""
     rng = np.random.default_rng([seed, 2])
@@ -75,22 +111,22 @@ def bootstrap_stability(matrix: pd.DataFrame, partition: dict[int, int], cfg: Cl
     rows = []
     for draw in tqdm(range(cfg.n_bootstrap), desc="H1 bootstrap", leave=False, disable=not progress):
         sample = values[rng.integers(0, len(values), size=len(values))]
-        graph, boot, _ = cluster_matrix(sample, features, cfg, seed + draw)
+        n_edges, boot, _ = cluster_matrix(sample, features, cfg, seed + draw, engine)
         common = [f for f in features if f in boot and f in partition]
         ari = adjusted_rand_score([partition[f] for f in common], [boot[f] for f in common]) if common else np.nan
-        rows.append({"draw": draw, "ari": float(ari), "n_common": len(common), "n_edges": graph.number_of_edges()})
+        rows.append({"draw": draw, "ari": float(ari), "n_common": len(common), "n_edges": n_edges})
     return pd.DataFrame(rows, columns=["draw", "ari", "n_common", "n_edges"])
 
 
 def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_max: bool,
-                  progress: bool = True) -> StageResult:
+                  progress: bool = True, engine: str = "igraph") -> StageResult:
     """The permutation null, bootstrap stability and cluster tests of one network, as metrics, tables and plots."""
     result = StageResult()
     n_edges = network.graph.number_of_edges()
     if cfg.n_null > 0:
-        _null_statistics(network, cfg, seed, progress, result)
+        _null_statistics(network, cfg, seed, progress, result, engine)
     if cfg.n_bootstrap > 0 and n_edges > 0:
-        boot = bootstrap_stability(network.matrix, network.partition, cfg, seed, progress)
+        boot = bootstrap_stability(network.matrix, network.partition, cfg, seed, progress, engine)
         result.metrics["h1.bootstrap_ari_mean"] = float(boot["ari"].mean())
         result.metrics["h1.bootstrap_ari_std"] = float(boot["ari"].std(ddof=1)) if len(boot) > 1 else 0.0
         result.tables["tables/h1_bootstrap.parquet"] = boot
@@ -108,10 +144,12 @@ def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_ma
     return result
 
 
-def _null_statistics(network: Network, cfg: ClusteringConfig, seed: int, progress: bool, result: StageResult) -> None:
+def _null_statistics(network: Network, cfg: ClusteringConfig, seed: int, progress: bool, result: StageResult,
+                     engine: str) -> None:
     n_edges = network.graph.number_of_edges()
     modularity = network.modularity
-    null = permutation_null(network.matrix, cfg, seed, progress, recluster=n_edges > 0, match_edges=n_edges or None)
+    null = permutation_null(network.matrix, cfg, seed, progress, recluster=n_edges > 0, match_edges=n_edges or None,
+                            engine=engine)
     for name, observed, column in (("edges", float(n_edges), "n_edges"), ("modularity", modularity, "modularity"),
                                    ("matched_modularity", modularity, "matched_modularity")):
         summary = null_summary(observed, null[column].to_numpy())

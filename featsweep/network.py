@@ -13,17 +13,18 @@
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Optional
+from xml.sax.saxutils import escape, quoteattr
 
 import networkx as nx
 import numpy as np
 import pandas as pd
 
-from featsweep import plots
+from featsweep import graph_engine, plots
 from featsweep.config import ClusteringConfig, EdgeSign
-from featsweep.graph import build_graph, centralities, correlate, detect_communities, partition_modularity
+from featsweep.graph import build_graph, centralities, detect_communities, partition_modularity
+from featsweep.graph_engine import correlate
 from featsweep.h1 import h1_statistics
 from featsweep.results import Network, StageResult
 from featsweep.stats import H1_METRICS
@@ -89,7 +90,8 @@ def attribution_metrics(matrix: pd.DataFrame, corr: pd.DataFrame) -> pd.DataFram
 
 
 def network_stage(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_max: Optional[np.ndarray],
-                  neuronpedia_id: Optional[str], progress: bool = True) -> tuple[Optional[Network], StageResult]:
+                  neuronpedia_id: Optional[str], progress: bool = True, engine: str = "igraph"
+                  ) -> tuple[Optional[Network], StageResult]:
     """Build and describe the network of ``matrix`` (prompts x features) and run the H1 statistics.
 
     Returns ``(None, result)`` when fewer than 2 non-constant features exist; otherwise a Network, with
@@ -101,13 +103,13 @@ def network_stage(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_ma
     used = _usable_features(matrix, cfg, result)
     if used is None:
         return None, result
-    network = build_network(used, cfg, seed, gen_max, neuronpedia_id)
+    network = build_network(used, cfg, seed, gen_max, neuronpedia_id, engine)
     n_edges = network.graph.number_of_edges()
     result.metrics.update(_network_metrics(network, cfg))
     result.tags["network.eigenvector_method"] = network.eigenvector_method
     result.tables["tables/features.parquet"] = network.features
     result.files["network/graph.graphml"] = graphml_bytes(network.graph)
-    result.merge(h1_statistics(network, cfg, seed, has_gen_max=gen_max is not None, progress=progress))
+    result.merge(h1_statistics(network, cfg, seed, has_gen_max=gen_max is not None, progress=progress, engine=engine))
     result.figures.update(_network_figures(network, seed))
     if n_edges == 0:
         n = len(network.corr)
@@ -153,17 +155,22 @@ def _usable_features(matrix: pd.DataFrame, cfg: ClusteringConfig, result: StageR
 
 
 def build_network(used: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_max: Optional[np.ndarray],
-                  neuronpedia_id: Optional[str]) -> Network:
-    """Correlate, threshold, cluster and describe: the Network with its per-feature table on the nodes."""
+                  neuronpedia_id: Optional[str], engine: str = "igraph") -> Network:
+    """Correlate, threshold, cluster and describe: the Network with its per-feature table on the nodes.
+    ``engine="igraph"`` computes on :mod:`featsweep.graph_engine`; ``"networkx"`` on the reference
+    :mod:`featsweep.graph` (tests and ``benchmarks/network.py`` compare the two)."""
     features = [int(f) for f in used.columns]
     corr = pd.DataFrame(correlate(used.to_numpy(), cfg.method), index=features, columns=features)
-    graph = build_graph(corr, cfg.threshold, cfg.edges)
-    partition = detect_communities(graph, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
+    if engine == "igraph":
+        graph, partition, modularity, central, eig_method = graph_engine.observe(
+            corr.to_numpy(), features, cfg.threshold, cfg.edges, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
+    else:
+        graph = build_graph(corr, cfg.threshold, cfg.edges)
+        partition = detect_communities(graph, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
+        modularity = partition_modularity(graph, partition, cfg.weighted, cfg.resolution)
+        central, eig_method = centralities(graph, cfg.weighted)
     sizes = pd.Series(partition).value_counts()
     kept = sorted(int(c) for c, size in sizes.items() if size >= cfg.min_cluster_size)
-    modularity = partition_modularity(graph, partition, cfg.weighted, cfg.resolution)
-
-    central, eig_method = centralities(graph, cfg.weighted)
     table = central.merge(attribution_metrics(used, corr), on="feature")
     table.insert(1, "cluster", [partition[f] for f in table["feature"]])
     table.insert(2, "kept", table["cluster"].isin(kept))
@@ -178,10 +185,57 @@ def build_network(used: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_max:
                    modularity=modularity, eigenvector_method=eig_method)
 
 
+_GRAPHML_TYPES = [(bool, "boolean"), (int, "long"), (float, "double"), (str, "string")]
+
+
+def _graphml_type(value) -> str:
+    for kind, name in _GRAPHML_TYPES:
+        if isinstance(value, kind):
+            return name
+    raise TypeError(f"no GraphML type for {type(value).__name__}")
+
+
 def graphml_bytes(graph: nx.Graph) -> bytes:
-    buffer = io.BytesIO()
-    nx.write_graphml(graph, buffer)
-    return buffer.getvalue()
+    """A networkx graph with scalar node and edge attributes as GraphML, in the layout of
+    ``networkx.write_graphml`` (which ``networkx.read_graphml`` reads back with the same values and types),
+    in one pass of string formatting: networkx's ElementTree writer takes ~20 s for 5,000 nodes and 300k edges."""
+    node_keys: dict[str, str] = {}
+    for _, data in graph.nodes(data=True):
+        for name, value in data.items():
+            node_keys.setdefault(name, _graphml_type(value))
+    edge_keys: dict[str, str] = {}
+    for _, _, data in graph.edges(data=True):
+        for name, value in data.items():
+            edge_keys.setdefault(name, _graphml_type(value))
+    ids = {("node", name): f"d{k}" for k, name in enumerate(node_keys)}
+    ids.update({("edge", name): f"d{len(node_keys) + k}" for k, name in enumerate(edge_keys)})
+
+    def text(value) -> str:
+        return escape(str(value))
+
+    def ident(node) -> str:
+        return f'"{node}"' if isinstance(node, int) else quoteattr(str(node))
+
+    lines = ["<?xml version='1.0' encoding='utf-8'?>",
+             '<graphml xmlns="http://graphml.graphdrawing.org/xmlns" '
+             'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+             'xsi:schemaLocation="http://graphml.graphdrawing.org/xmlns '
+             'http://graphml.graphdrawing.org/xmlns/1.0/graphml.xsd">']
+    for (kind, name), key in ids.items():
+        kinds = node_keys if kind == "node" else edge_keys
+        lines.append(f'  <key id="{key}" for="{kind}" attr.name={quoteattr(name)} attr.type="{kinds[name]}" />')
+    lines.append('  <graph edgedefault="undirected">')
+    for node, data in graph.nodes(data=True):
+        lines.append(f"    <node id={ident(node)}>")
+        lines.extend(f'      <data key="{ids["node", name]}">{text(value)}</data>' for name, value in data.items())
+        lines.append("    </node>")
+    for a, b, data in graph.edges(data=True):
+        inner = "".join(f'<data key="{ids["edge", name]}">{value!r}</data>' if isinstance(value, float)
+                        else f'<data key="{ids["edge", name]}">{text(value)}</data>' for name, value in data.items())
+        lines.append(f"    <edge source={ident(a)} target={ident(b)}>{inner}</edge>")
+    lines.append("  </graph>")
+    lines.append("</graphml>")
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def _network_metrics(network: Network, cfg: ClusteringConfig) -> dict[str, float]:
@@ -198,7 +252,7 @@ def _network_metrics(network: Network, cfg: ClusteringConfig) -> dict[str, float
         "network.n_kept_features": float(table["kept"].sum()),
         "network.largest_cluster_size": float(sizes.max()),
         "network.modularity": network.modularity,
-        "network.eigenvector_converged": float(network.eigenvector_method == "power_iteration"),
+        "network.eigenvector_converged": float(network.eigenvector_method in graph_engine.CONVERGED_METHODS),
     }
 
 

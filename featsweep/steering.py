@@ -20,7 +20,12 @@ Two implementations that must agree (``tests/test_steering.py`` checks every mod
 * :func:`reference_run`: the plain approach, one full forward pass with a TransformerLens hook per condition.
 * :class:`SteeringEngine`: runs the model up to the hook once per prompt length and caches the
   residual (and the clean keys/values of every later layer); then pushes many conditions at once
-  through blocks ``L..`` only, in chunks of ``steering.batch_size`` rows (row = condition x prompt).
+  through blocks ``L..`` only, in chunks of rows (row = condition x prompt) sized by a token budget:
+  ``steering.token_budget`` tokens (rows x recomputed positions) per forward, chosen from the model's
+  shape when null (:func:`auto_token_budget`); ``steering.batch_size`` fixes the row count instead.
+  Plain pre-norm blocks (LayerNorm, learned positions, standard attention and MLP, e.g. GPT-2 and the
+  organism) run as a few fused ops (:class:`_FusedBlock`: ``F.layer_norm``, one Q/K/V matmul,
+  ``scaled_dot_product_attention``, one-pass GELU); other architectures run TransformerLens's blocks.
   Positions before the first steered one are unchanged, so their keys/values are reused from the
   clean pass (frozen TransformerLens KV-cache entries) and only the later positions are recomputed:
   with ``positions=last`` only the last position goes through the tail. In the final block only the
@@ -50,6 +55,10 @@ from featsweep.task import PERFORMANCE_COLUMNS
 log = logging.getLogger(__name__)
 
 _NO_KV_SHORTCUT_ARCHS = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM", "OLMoForCausalLM")
+
+# Largest logits block (bytes) that the final unembed writes at once: logits are [rows, d_vocab] float32 and
+# the task metrics read them several times, so a block stays far below the tail's own activations.
+LOGITS_BYTES = 64 * 2**20
 
 
 def _kv_shortcut_ok(mcfg) -> bool:
@@ -148,6 +157,123 @@ def _needs_means(mode: SteeringMode, mean_acts) -> None:
         raise FeatsweepError("steering.mode=mean_ablate needs mean activations: pass mean_acts=mean_activations(subject, task).")
 
 
+# ---- batching by tokens ------------------------------------------------------------------------------------
+
+def auto_token_budget(mcfg) -> int:
+    """Tokens (rows x recomputed positions) per forward through the tail, from the model's shape.
+
+    The tail is a chain of ``[tokens, d_model] @ [d_model, k]`` matmuls; with few tokens per forward each
+    weight matrix (28 MB per GPT-2 block) is streamed from memory for little work and the per-op overhead
+    dominates. Measured on the shared 2-core machine (fused tail, token budgets 512..16,384, in one process):
+    the organism (d_model 128) speeds up until ~8k tokens and is flat to 16k (5x faster than the old 128 rows);
+    the GPT-2 shape speeds up until 6-12k tokens. The budget gives the widest activation
+    ``[tokens, max(d_mlp, 3 d_model)]`` :data:`ACTIVATION_BYTES` (GPT-2 small: ~11k tokens; the organism: the
+    16,384 cap), within [1,024, 16,384].
+    """
+    width = max(int(mcfg.d_mlp or 0), 3 * int(mcfg.d_model))
+    return int(min(16384, max(1024, ACTIVATION_BYTES // (4 * width))))
+
+
+ACTIVATION_BYTES = 128 * 2**20
+
+
+def rows_per_chunk(cfg, mcfg, positions: int) -> int:
+    """Rows (condition x prompt) per forward when each row recomputes ``positions`` tokens:
+    ``steering.batch_size`` when set, else ``steering.token_budget`` (or :func:`auto_token_budget`) / positions."""
+    rows = getattr(cfg, "batch_size", None)
+    if rows:
+        return int(rows)
+    budget = getattr(cfg, "token_budget", None) or auto_token_budget(mcfg)
+    return max(1, int(budget) // max(1, int(positions)))
+
+
+# ---- a fused tail for plain pre-norm blocks ------------------------------------------------------------------
+
+_FUSED_ACTS = {
+    # TransformerLens's gelu_new/gelu_fast are the tanh approximation written out in 5-7 elementwise passes;
+    # F.gelu(approximate="tanh") is the same function in one pass (equal to float32 round-off).
+    "gelu_new": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu": torch.nn.functional.gelu,
+    "relu": torch.nn.functional.relu,
+    "silu": torch.nn.functional.silu,
+}
+
+
+def _fused_ok(model) -> bool:
+    """Whether every block is a plain TransformerLens pre-norm block (LayerNorm, standard causal attention
+    with learned absolute positions, non-gated MLP) that :class:`_FusedBlock` computes exactly."""
+    c = model.cfg
+    if not _kv_shortcut_ok(c) or c.dtype not in (torch.float32, torch.float64):
+        return False
+    if (c.normalization_type not in ("LN", "LNPre") or c.positional_embedding_type != "standard"
+            or c.attention_dir != "causal" or c.act_fn not in _FUSED_ACTS or c.gated_mlp or c.attn_only
+            or c.parallel_attn_mlp or c.use_local_attn or c.use_attn_result or c.load_in_4bit
+            or c.num_experts is not None or c.n_key_value_heads not in (None, c.n_heads)
+            or getattr(c, "use_qk_norm", False) or getattr(c, "use_logn_attn", False)
+            or getattr(c, "use_attention_sinks", False) or (getattr(c, "attn_scores_soft_cap", -1.0) or -1.0) > 0):
+        return False
+    norm = ("LayerNorm", "LayerNormPre")
+    return all(type(b).__name__ == "TransformerBlock" and type(b.attn).__name__ == "Attention"
+               and type(b.mlp).__name__ == "MLP" and type(b.ln1).__name__ in norm and type(b.ln2).__name__ in norm
+               for b in model.blocks)
+
+
+class _FusedBlock:
+    """One TransformerLens block as a few large fused ops: ``F.layer_norm``, one ``addmm`` for Q, K and V,
+    ``scaled_dot_product_attention``, ``addmm`` for the output and the MLP, one fused activation. The same
+    function as the block's own forward (TransformerLens writes LayerNorm and gelu_new as 5-7 elementwise
+    passes each, which cost ~40% of the tail at GPT-2 shape), without hook points."""
+
+    def __init__(self, block, cfg):
+        attn, mlp = block.attn, block.mlp
+        H, d, dh = cfg.n_heads, cfg.d_model, cfg.d_head
+
+        def flat(w):  # [H, d_model, d_head] -> [d_model, H * d_head]
+            return w.detach().permute(1, 0, 2).reshape(d, H * dh)
+
+        self.H, self.dh, self.d, self.eps = H, dh, d, cfg.eps
+        self.W_qkv = torch.cat([flat(attn.W_Q), flat(attn.W_K), flat(attn.W_V)], dim=1).contiguous()
+        self.b_qkv = torch.cat([attn.b_Q.detach().reshape(-1), attn.b_K.detach().reshape(-1),
+                                attn.b_V.detach().reshape(-1)]).contiguous()
+        self.W_O = attn.W_O.detach().reshape(H * dh, d).contiguous()
+        self.b_O = attn.b_O.detach()
+        self.scale = 1.0 / float(attn.attn_scale)
+        self.W_in, self.b_in = mlp.W_in.detach().contiguous(), mlp.b_in.detach()
+        self.W_out, self.b_out = mlp.W_out.detach().contiguous(), mlp.b_out.detach()
+        self.act = _FUSED_ACTS[cfg.act_fn]
+        self.ln1 = (getattr(block.ln1, "w", None), getattr(block.ln1, "b", None))
+        self.ln2 = (getattr(block.ln2, "w", None), getattr(block.ln2, "b", None))
+
+    def _norm(self, x, wb):
+        return torch.nn.functional.layer_norm(x, (self.d,), wb[0], wb[1], self.eps)
+
+    def __call__(self, x: torch.Tensor, past_k: Optional[torch.Tensor], past_v: Optional[torch.Tensor],
+                 last_only: bool = False) -> torch.Tensor:
+        """``x [R, q, d]`` (positions after the ``past`` ones) -> the block's output ``[R, q, d]``, or
+        ``[R, 1, d]`` for the final position only (earlier positions then only give keys/values)."""
+        R, q, d = x.shape
+        H, dh = self.H, self.dh
+        qkv = torch.addmm(self.b_qkv, self._norm(x, self.ln1).reshape(R * q, d), self.W_qkv).view(R, q, 3, H, dh)
+        queries, keys, values = qkv.unbind(2)  # [R, q, H, dh]
+        if past_k is not None:
+            keys, values = torch.cat([past_k, keys], 1), torch.cat([past_v, values], 1)
+        if last_only and q > 1:
+            queries, x, q = queries[:, -1:], x[:, -1:], 1
+        k_len = keys.shape[1]
+        mask = None
+        if q > 1:  # causal: query i (absolute position k_len - q + i) sees keys 0..k_len - q + i
+            mask = (torch.arange(k_len, device=x.device)[None, :]
+                    <= torch.arange(k_len - q, k_len, device=x.device)[:, None])
+        z = torch.nn.functional.scaled_dot_product_attention(
+            queries.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2), attn_mask=mask, scale=self.scale)
+        z = z.transpose(1, 2).reshape(R * q, H * dh)
+        x = x + torch.addmm(self.b_O, z, self.W_O).view(R, q, d)
+        h = self.act(torch.addmm(self.b_in, self._norm(x, self.ln2).reshape(R * q, d), self.W_in))
+        return x + torch.addmm(self.b_out, h, self.W_out).view(R, q, d)
+
+
 # ---- reference: one hooked full forward pass per condition ---------------------------------------------
 
 def reference_run(subject, task, cfg, scales: np.ndarray, conditions: list[Condition],
@@ -163,7 +289,7 @@ def reference_run(subject, task, cfg, scales: np.ndarray, conditions: list[Condi
     scales_t = torch.as_tensor(np.asarray(scales), dtype=W_dec.dtype, device=W_dec.device)
     means_t = None if mean_acts is None else torch.as_tensor(np.asarray(mean_acts), dtype=W_dec.dtype, device=W_dec.device)
     out = {name: np.zeros((len(conditions), task.n)) for name in PERFORMANCE_COLUMNS}
-    batches = list(task.batches(cfg.batch_size))
+    batches = list(task.batches(cfg.batch_size or 32))
     with torch.inference_mode():
         for c, cond in enumerate(tqdm(conditions, desc="steering (reference)", leave=False, disable=not progress)):
             feats = torch.tensor(cond.features, dtype=torch.long, device=W_dec.device)
@@ -211,8 +337,12 @@ class SteeringEngine:
         self.mode = SteeringMode(cfg.mode)
         self.positions = SteeringPositions(cfg.positions)
         _needs_means(self.mode, mean_acts)
-        if cfg.batch_size < 1:
-            raise FeatsweepError(f"steering.batch_size={cfg.batch_size}: use a positive number of rows per forward.")
+        if getattr(cfg, "batch_size", None) is not None and cfg.batch_size < 1:
+            raise FeatsweepError(f"steering.batch_size={cfg.batch_size}: use a positive number of rows per forward, "
+                                 "or null to batch by steering.token_budget.")
+        if getattr(cfg, "token_budget", None) is not None and cfg.token_budget < 1:
+            raise FeatsweepError(f"steering.token_budget={cfg.token_budget}: use a positive number of tokens per "
+                                 "forward, or null to choose it from the model's shape.")
         model = subject.model
         mcfg = model.cfg
         if mcfg.positional_embedding_type == "shortformer":
@@ -229,6 +359,10 @@ class SteeringEngine:
         self._W_U_t = model.unembed.W_U.T.contiguous()
         self._b_U = model.unembed.b_U
         self._kv_shortcut = _kv_shortcut_ok(mcfg)
+        # plain pre-norm blocks run as a few fused ops (same function; see _FusedBlock); others as TL blocks
+        self._fused = [_FusedBlock(b, mcfg) for b in self.blocks] if _fused_ok(model) else None
+        self.fused = self._fused is not None
+        self._logit_rows = max(1, LOGITS_BYTES // (4 * int(mcfg.d_vocab)))
         self.groups: list[_Group] = []
         lengths = task.lengths
         with torch.inference_mode():
@@ -237,8 +371,9 @@ class SteeringEngine:
                 tokens = torch.stack([task.tokens[i] for i in idx]).to(self.device)
                 first = _first_steered(self.positions, int(length))
                 resid_parts, kv_parts = [], []
-                for start in range(0, len(idx), cfg.batch_size):
-                    resid = model(tokens[start:start + cfg.batch_size], stop_at_layer=self.layer)
+                step = rows_per_chunk(cfg, mcfg, int(length))
+                for start in range(0, len(idx), step):
+                    resid = model(tokens[start:start + step], stop_at_layer=self.layer)
                     resid_parts.append(resid)
                     kv_parts.append(self._clean_kv(resid, first))
                 prefix_kv = [
@@ -263,8 +398,15 @@ class SteeringEngine:
 
     def _tail(self, x: torch.Tensor, group: _Group, p_rows: torch.Tensor) -> torch.Tensor:
         """Run positions ``group.first..T-1`` of ``x [R, T-first, d]`` through blocks L.. and return
-        the final-position logits ``[R, d_vocab]``."""
+        the final position's residual ``[R, d_model]``."""
         n = len(self.blocks)
+        if self._fused is not None:
+            for b, block in enumerate(self._fused):
+                past_k = past_v = None
+                if group.prefix_kv:
+                    past_k, past_v = group.prefix_kv[b][0][p_rows], group.prefix_kv[b][1][p_rows]
+                x = block(x, past_k, past_v, last_only=b == n - 1)
+            return x[:, -1]
         for b, block in enumerate(self.blocks):
             past_k = past_v = None
             if group.prefix_kv:
@@ -281,7 +423,10 @@ class SteeringEngine:
             if past_k is not None:
                 entry = TransformerLensKeyValueCacheEntry(past_keys=past_k, past_values=past_v, frozen=True)
             x = block(x, past_kv_cache_entry=entry)
-        last = x[:, -1]
+        return x[:, -1]
+
+    def _logits(self, last: torch.Tensor) -> torch.Tensor:
+        """``ln_final`` + unembed of final-position residuals ``[R, d_model]`` -> ``[R, d_vocab]``."""
         if self.model.cfg.normalization_type is not None:
             last = self.model.ln_final(last.unsqueeze(1)).squeeze(1)
         logits = torch.nn.functional.linear(last, self._W_U_t, self._b_U)
@@ -305,7 +450,7 @@ class SteeringEngine:
     def _acts(self, resid: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
         """SAE activations of the union's features ``[P, T, U]``, computed in chunks of prompts."""
         parts = []
-        step = max(1, self.cfg.batch_size // max(1, resid.shape[1]))
+        step = rows_per_chunk(self.cfg, self.model.cfg, resid.shape[1])
         for start in range(0, resid.shape[0], step):
             parts.append(self.sae.encode(resid[start:start + step])[..., union])
         return torch.cat(parts)
@@ -346,12 +491,12 @@ class SteeringEngine:
         C = len(conditions)
         out = {name: np.zeros((C, self.task.n)) for name in PERFORMANCE_COLUMNS}
         plan = self._plan(conditions)
-        rows_per_chunk = self.cfg.batch_size
         work = []
         for g in self.groups:
             P = len(g.idx)
-            p_step = min(P, rows_per_chunk)
-            c_step = max(1, rows_per_chunk // p_step)
+            rows = rows_per_chunk(self.cfg, self.model.cfg, g.resid.shape[1] - g.first)
+            p_step = min(P, rows)
+            c_step = max(1, rows // p_step)
             for p0 in range(0, P, p_step):
                 for c0 in range(0, C, c_step):
                     work.append((g, c0, min(C, c0 + c_step), p0, min(P, p0 + p_step)))
@@ -366,12 +511,14 @@ class SteeringEngine:
             p_rows = torch.arange(p0, p1, device=self.device).repeat(c1 - c0)
             x = g.resid[p_rows, g.first:]  # gathered copy [R, T-first, d]
             x = x + self.deltas(x, g, c_rows, p_rows, plan, acts).to(x.dtype)
-            logits = self._tail(x, g, p_rows)
+            last = self._tail(x, g, p_rows)
             idx = g.idx[p_rows.cpu().numpy()]
-            perf = self.task.performance(logits, idx)
-            cr, pr = c_rows.cpu().numpy(), idx
-            for name, value in perf.items():
-                out[name][cr, pr] = value.float().cpu().numpy()
+            cr = c_rows.cpu().numpy()
+            for s0 in range(0, len(idx), self._logit_rows):  # logits [rows, d_vocab] in bounded blocks
+                s1 = s0 + self._logit_rows
+                perf = self.task.performance(self._logits(last[s0:s1]), idx[s0:s1])
+                for name, value in perf.items():
+                    out[name][cr[s0:s1], idx[s0:s1]] = value.float().cpu().numpy()
         return out
 
     @torch.inference_mode()
@@ -390,7 +537,7 @@ class SteeringEngine:
             grad = torch.as_tensor(np.stack([np.asarray(resid_grad[i]) for i in g.idx]), dtype=self.dtype,
                                    device=self.device)[:, g.first:]  # [P, T', d]
             P = len(g.idx)
-            c_step = max(1, self.cfg.batch_size // P)
+            c_step = max(1, rows_per_chunk(self.cfg, self.model.cfg, g.resid.shape[1] - g.first) // P)
             for c0 in range(0, C, c_step):
                 c1 = min(C, c0 + c_step)
                 c_rows = torch.arange(c0, c1, device=self.device).repeat_interleave(P)

@@ -174,3 +174,112 @@ def test_benchmark_smoke(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(result) == {"speedup_all", "speedup_last", "engine_gflops", "matmul_peak_gflops"}
     assert all(v > 0 for v in result.values())
+
+
+# ---- fused tail and token budget (issue 15) ---------------------------------------------------------------
+
+
+def gelu_new_subject(normalization_type: str = "LN", seed: int = 0):
+    """A small random GPT-2-like model (gelu_new, learned positions) with a random SAE at blocks.1."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from featsweep.subject import Subject
+
+    torch.manual_seed(seed)
+    cfg = HookedTransformerConfig(n_layers=3, d_model=48, n_heads=4, d_head=12, d_mlp=96, d_vocab=60, n_ctx=16,
+                                  act_fn="gelu_new", normalization_type=normalization_type, seed=seed, device="cpu",
+                                  original_architecture="GPT2LMHeadModel")
+    model = HookedTransformer(cfg).eval()
+    sae = StandardSAE(StandardSAEConfig(d_in=48, d_sae=64)).eval()
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.3)
+    return Subject(model=model, sae=sae, hook_name="blocks.1.hook_resid_pre", layer=1, identity="gelu_new-test")
+
+
+def random_task(vocab: int, n: int = 9, seed: int = 0):
+    from featsweep.config import Contrast
+    from featsweep.task import Task
+
+    gen = torch.Generator().manual_seed(seed)
+    lengths = [5, 7, 7, 5, 6, 7, 5, 6, 7][:n]
+    tokens = [torch.cat([torch.tensor([vocab - 1]), torch.randint(0, vocab - 1, (t - 1,), generator=gen)])
+              for t in lengths]
+    answers = torch.arange(4)
+    correct = answers[torch.randint(0, 4, (n,), generator=gen)]
+    incorrect = (correct + 1) % 4
+    frame = pd.DataFrame({"prompt": [f"p{i}" for i in range(n)], "correct_id": correct.numpy(),
+                          "incorrect_id": incorrect.numpy()})
+    return Task(frame=frame, tokens=tokens, correct_ids=correct, incorrect_ids=incorrect, answer_ids=answers,
+                contrast=Contrast.random_other, prefix_len=1)
+
+
+@pytest.mark.parametrize("normalization_type", ["LN", "LNPre"])
+@pytest.mark.parametrize("positions", POSITIONS)
+@pytest.mark.parametrize("mode", ["negative", "zero_ablate"])
+def test_fused_tail_matches_reference_gelu_new(normalization_type, positions, mode):
+    """The fused tail (one-pass layer_norm/gelu, SDPA) computes what the hooked TransformerLens forward does,
+    with prompts of several lengths and chunks that split conditions and prompts."""
+    subject = gelu_new_subject(normalization_type)
+    task = random_task(subject.model.cfg.d_vocab)
+    cfg = SteeringConfig(mode=mode, scale="unit", positions=positions, token_budget=20)
+    scales = np.ones(subject.d_sae)
+    conds = [Condition((3,), 4.0), Condition((5, 11), -3.0), Condition((40,), 8.0)]
+    engine = SteeringEngine(subject, task, cfg, scales)
+    assert engine.fused
+    eng = engine.run(conds, progress=False)
+    ref = reference_run(subject, task, cfg, scales, conds)
+    np.testing.assert_allclose(eng["logit_diff"], ref["logit_diff"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(eng["prob"], ref["prob"], atol=1e-5, rtol=1e-4)
+    base = reference_run(subject, task, SteeringConfig(mode="negative", positions=positions), scales,
+                         [Condition((3,), 0.0)])["logit_diff"]
+    assert np.abs(ref["logit_diff"] - base).max() > 1e-3  # the push changes the output
+
+
+@pytest.mark.parametrize("positions", ["all", "last"])
+def test_fused_and_transformer_lens_blocks_agree(tiny_subject, tiny_task, setup, positions):
+    cfg = SteeringConfig(mode="negative", positions=positions)
+    scales = np.ones(tiny_subject.d_sae)
+    fused = SteeringEngine(tiny_subject, tiny_task, cfg, scales)
+    plain = SteeringEngine(tiny_subject, tiny_task, cfg, scales)
+    assert fused.fused
+    plain._fused = None  # TransformerLens blocks with frozen KV-cache entries
+    a, b = fused.run(setup.conditions, progress=False), plain.run(setup.conditions, progress=False)
+    for name in ("logit_diff", "logit", "top10_entropy"):
+        np.testing.assert_allclose(a[name], b[name], atol=2e-5, rtol=0)
+    plain._kv_shortcut = False  # the generic path (every block on every recomputed position) as well
+    np.testing.assert_allclose(plain.run(setup.conditions, progress=False)["logit_diff"], a["logit_diff"], atol=2e-5)
+
+
+def test_unsupported_blocks_use_transformer_lens():
+    from featsweep.steering import _fused_ok
+
+    assert _fused_ok(gelu_new_subject().model)
+    rms = gelu_new_subject().model
+    rms.cfg.normalization_type = "RMS"
+    assert not _fused_ok(rms)
+    rotary = gelu_new_subject().model
+    rotary.cfg.positional_embedding_type = "rotary"
+    assert not _fused_ok(rotary)
+
+
+def test_token_budget_sets_rows_and_does_not_change_results(tiny_subject, tiny_task, setup):
+    from types import SimpleNamespace as NS
+
+    from featsweep.steering import auto_token_budget, rows_per_chunk
+
+    gpt2 = NS(d_model=768, d_mlp=3072)
+    organism = NS(d_model=128, d_mlp=512)
+    assert auto_token_budget(organism) > auto_token_budget(gpt2) >= 1024
+    assert rows_per_chunk(SteeringConfig(batch_size=7), gpt2, 12) == 7  # an explicit row count wins
+    assert rows_per_chunk(SteeringConfig(token_budget=1200), gpt2, 12) == 100
+    assert rows_per_chunk(SteeringConfig(token_budget=1200), gpt2, 1) == 1200  # positions=last: one per row
+    assert rows_per_chunk(SteeringConfig(), gpt2, 12) == auto_token_budget(gpt2) // 12
+    scales = np.ones(tiny_subject.d_sae)
+    outs = [SteeringEngine(tiny_subject, tiny_task, SteeringConfig(positions="non_bos", token_budget=tb), scales)
+            .run(setup.conditions, progress=False)["logit_diff"] for tb in (5, 64, 100_000)]
+    np.testing.assert_allclose(outs[0], outs[2], atol=2e-5)
+    np.testing.assert_allclose(outs[1], outs[2], atol=2e-5)
+    with pytest.raises(FeatsweepError, match="token_budget"):
+        SteeringEngine(tiny_subject, tiny_task, SteeringConfig(token_budget=0), scales)

@@ -39,7 +39,8 @@ def test_job_run_logs_params_and_results_and_finishes(tmp_path):
     run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(job.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics == {"x.y": 2.5} and run.data.tags["x.tag"] == "v"
-    assert run.data.params["steering.factor"] == "10.0" and run.data.tags["featsweep.config_hash"] == job.digest
+    assert run.data.params["steering.factor"] == str(float(cfg.steering.factor))
+    assert run.data.tags["featsweep.config_hash"] == job.digest
     assert (tmp_path / "out" / "network" / "g.graphml").read_bytes() == b"<g/>"
 
 

@@ -1,0 +1,422 @@
+"""The compiled graph engine of the network stage: correlation -> threshold -> igraph graph -> communities,
+modularity and centralities, as pure functions of arrays.
+
+Why igraph (python-igraph, already a dependency through leidenalg): its C core has the three community
+algorithms featsweep offers (``community_fastgreedy`` is the Clauset-Newman-Moore greedy modularity of
+networkx's ``greedy_modularity_communities``; ``community_multilevel`` is Louvain; leidenalg runs on igraph
+graphs), weighted betweenness/closeness (Brandes/Dijkstra) and modularity, installs as a wheel everywhere and
+is what leidenalg needs anyway. networkit would add a second graph library without a Leiden partition of the
+``RBConfiguration`` kind, and graph-tool has no pip wheel.
+
+Every metric keeps the meaning the networkx reference (``featsweep.network`` with ``engine="networkx"``) gives
+it; ``tests/test_graph.py`` compares the two:
+
+* **Edges.** :func:`threshold_edges` gives the same upper-triangle pairs, in the same (row-major) order, as
+  ``network.edge_list``: ``|r|`` (``abs``) or ``r`` (``positive``) ``>= threshold - 1e-9``; weight ``|r|`` or ``r``,
+  ``distance = max(0, 1 - weight)``. It works in blocks of rows, so thousands of features need no
+  ``n^2``-sized index arrays.
+* **greedy_modularity.** igraph's CNM merge sequence, cut where networkx stops (before the first merge that
+  lowers modularity; igraph's own cut is the largest modularity anywhere in the sequence). Identical
+  partitions, except where merges of equal gain (unweighted graphs) are broken differently. igraph's CNM has no
+  resolution parameter: with ``resolution != 1`` networkx's greedy runs on this graph instead (logged).
+* **louvain.** ``community_multilevel`` with igraph's random generator seeded from ``seed`` (a private
+  ``random.Random``, restored afterwards). Not the same random stream as networkx's Louvain, so partitions may
+  differ where Louvain's order matters; on clear structure they agree.
+* **leiden.** leidenalg ``RBConfigurationVertexPartition`` on the same graph, as before.
+* **degree**: fraction of the other nodes a node is joined to (networkx ``degree_centrality``).
+* **betweenness**: igraph counts each unordered pair once; networkx's normalised value is ``2 b / ((n-1)(n-2))``.
+* **closeness**: networkx's (Wasserman-Faust) definition on disconnected graphs:
+  ``(k-1)/sum(d) * (k-1)/(n-1)`` with ``k`` the size of the node's component; 0 for an isolated node.
+* **eigenvector**: the principal (Perron) eigenvector of the weighted adjacency **of each connected
+  component**, unit Euclidean norm within the component; isolated nodes 0. On a graph with one component of
+  more than one node this is networkx's ``eigenvector_centrality`` (which on several components converges to
+  the dominant component only, or not at all). Computed by LAPACK (``scipy.linalg.eigh``, largest eigenpair)
+  for components up to :data:`DENSE_EIGEN_MAX` nodes and by ARPACK (``scipy.sparse.linalg.eigsh``) above,
+  with LAPACK as the fallback if ARPACK does not converge. The method is returned (and tagged by the stage):
+  ``per_component_lapack``, ``per_component_arpack``, ``per_component_arpack_lapack_fallback`` or
+  ``undefined`` (no edges).
+
+The nulls and the bootstrap use :func:`cluster_values` / :func:`top_pairs`: edges, communities and modularity
+only; no centralities and no networkx graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import igraph as ig
+import numpy as np
+from scipy import linalg as sla
+from scipy import sparse
+from scipy import stats as sps
+from scipy.sparse import linalg as spla
+
+log = logging.getLogger(__name__)
+
+EDGE_TOLERANCE = 1e-9
+# eigenvector methods that found the principal eigenvector as asked (the metric network.eigenvector_converged)
+CONVERGED_METHODS = ("power_iteration", "per_component_lapack", "per_component_arpack")
+DENSE_EIGEN_MAX = 400  # components up to this size use LAPACK for the eigenvector, larger ones ARPACK
+_ROW_BLOCK = 512
+
+
+def _value(option) -> str:
+    return str(option.value if hasattr(option, "value") else option)
+
+
+# ---- correlation and edges ----------------------------------------------------------------------------
+
+
+def correlate(values: np.ndarray, method="pearson") -> np.ndarray:
+    """Feature x feature correlation of a prompts x features array whose columns are not constant.
+
+    Pearson, or Spearman as the Pearson of the column ranks (average ranks for ties). One ``Z^T Z`` product
+    (BLAS ``syrk``), float64.
+    """
+    values = np.asarray(values, dtype=float)
+    if _value(method) == "spearman":
+        values = sps.rankdata(values, axis=0)
+    centred = values - values.mean(axis=0)
+    norms = np.sqrt((centred**2).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = centred / norms
+        corr = z.T @ z
+    np.nan_to_num(corr, nan=0.0, copy=False)  # only reachable for constant columns, which callers drop
+    np.clip(corr, -1.0, 1.0, out=corr)
+    np.fill_diagonal(corr, 1.0)
+    return corr
+
+
+def _score(block: np.ndarray, edges) -> np.ndarray:
+    return np.abs(block) if _value(edges) == "abs" else block
+
+
+def threshold_edges(corr: np.ndarray, threshold: float, edges) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Upper-triangle ``(i, j, r)`` of the pairs passing the threshold (inclusive, 1e-9 allowance), in
+    row-major order (the order of ``np.triu_indices``)."""
+    n = corr.shape[0]
+    cut = threshold - EDGE_TOLERANCE
+    parts_i, parts_j = [], []
+    for start in range(0, n, _ROW_BLOCK):
+        stop = min(n, start + _ROW_BLOCK)
+        block = corr[start:stop, start + 1:]  # columns > start; mask the lower part inside the block
+        mask = _score(block, edges) >= cut
+        mask &= np.arange(start + 1, n)[None, :] > np.arange(start, stop)[:, None]
+        bi, bj = np.nonzero(mask)
+        parts_i.append(bi + start)
+        parts_j.append(bj + start + 1)
+    i = np.concatenate(parts_i) if parts_i else np.zeros(0, np.int64)
+    j = np.concatenate(parts_j) if parts_j else np.zeros(0, np.int64)
+    return i, j, corr[i, j]
+
+
+def count_edges(corr: np.ndarray, threshold: float, edges) -> int:
+    """Number of pairs passing the threshold (what :func:`threshold_edges` would return), without indices."""
+    n = corr.shape[0]
+    cut = threshold - EDGE_TOLERANCE
+    total = 0
+    for start in range(0, n, _ROW_BLOCK):
+        stop = min(n, start + _ROW_BLOCK)
+        mask = _score(corr[start:stop, start + 1:], edges) >= cut
+        mask &= np.arange(start + 1, n)[None, :] > np.arange(start, stop)[:, None]
+        total += int(mask.sum())
+    return total
+
+
+def top_pairs(corr: np.ndarray, n_edges: int, edges) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``n_edges`` strongest upper-triangle pairs by ``|r|`` (``abs``) or ``r`` (``positive``), strongest
+    first, ties in row-major order (as a stable sort of ``network.top_pairs_graph``); pairs scoring <= 0
+    are dropped. ``argpartition``, not a full sort."""
+    n = corr.shape[0]
+    n_pairs = n * (n - 1) // 2
+    k = int(min(max(n_edges, 0), n_pairs))
+    if k == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0)
+    score = np.where(np.tri(n, dtype=bool), -np.inf, _score(corr, edges))  # upper triangle only
+    flat = score.ravel()
+    if k < n_pairs:
+        kth = flat[np.argpartition(flat, -k)[-k]]  # the k-th largest score
+        above = np.flatnonzero(flat > kth)
+        ties = np.flatnonzero(flat == kth)[: k - len(above)]
+        chosen = np.concatenate([above, ties])
+    else:
+        chosen = np.flatnonzero(np.isfinite(flat))
+    chosen = chosen[np.lexsort((chosen, -flat[chosen]))]  # strongest first, ties by position
+    chosen = chosen[flat[chosen] > 0]
+    i, j = np.divmod(chosen, n)
+    return i, j, corr[i, j]
+
+
+# ---- graphs -----------------------------------------------------------------------------------------------
+
+
+def build(n: int, i: np.ndarray, j: np.ndarray, r: np.ndarray, edges, full: bool = True) -> ig.Graph:
+    """igraph graph on nodes ``0..n-1`` with edge attributes ``weight`` (``|r|`` or ``r``), ``r`` and
+    ``distance = max(0, 1 - weight)``, edges in the given order. ``full=False``: ``weight`` only (enough for
+    communities and modularity)."""
+    r = np.asarray(r, dtype=float)
+    weight = np.abs(r) if _value(edges) == "abs" else r
+    g = ig.Graph(n=int(n), edges=np.column_stack([np.asarray(i, np.int64), np.asarray(j, np.int64)]).tolist())
+    g.es["weight"] = weight.tolist()
+    if full:
+        g.es["r"] = r.tolist()
+        g.es["distance"] = np.maximum(0.0, 1.0 - weight).tolist()
+    return g
+
+
+def from_networkx(graph) -> tuple[ig.Graph, list]:
+    """igraph copy of a networkx graph built by ``network.build_graph`` (weight/r/distance edge attributes);
+    returns the graph and the node list (igraph vertex k = ``nodes[k]``)."""
+    nodes = list(graph.nodes)
+    index = {node: k for k, node in enumerate(nodes)}
+    data = list(graph.edges(data=True))
+    g = ig.Graph(n=len(nodes), edges=[(index[a], index[b]) for a, b, _ in data])
+    for attr in ("weight", "r", "distance"):
+        g.es[attr] = [float(d.get(attr, 1.0 if attr == "weight" else 0.0)) for _, _, d in data]
+    return g, nodes
+
+
+def to_networkx(features: list[int], g: ig.Graph):
+    """networkx graph with the feature ids as nodes (every node, isolated ones included) and the edge
+    attributes of ``g`` (for graphml, plots and downstream code)."""
+    import networkx as nx
+
+    graph = nx.Graph()
+    graph.add_nodes_from(features)
+    if g.ecount():
+        w, r, d = g.es["weight"], g.es["r"], g.es["distance"]
+        graph.add_edges_from((features[a], features[b], {"weight": w[k], "r": r[k], "distance": d[k]})
+                             for k, (a, b) in enumerate(g.get_edgelist()))
+    return graph
+
+
+# ---- communities and modularity ----------------------------------------------------------------------------
+
+
+def relabel(membership, features: Optional[list] = None) -> np.ndarray:
+    """Renumber clusters by size, 0 = largest, ties: the cluster whose smallest feature id is lower first."""
+    membership = np.asarray(membership, dtype=np.int64)
+    if len(membership) == 0:
+        return membership
+    keys = np.asarray(features if features is not None else np.arange(len(membership)), dtype=float)
+    _, inverse = np.unique(membership, return_inverse=True)
+    sizes = np.bincount(inverse)
+    smallest = np.full(len(sizes), np.inf)
+    np.minimum.at(smallest, inverse, keys)
+    order = np.lexsort((smallest, -sizes))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[inverse]
+
+
+class _SeededRNG:
+    """igraph draws from Python's ``random`` module by default; use a private seeded generator instead."""
+
+    def __init__(self, seed: int):
+        self.rng = random.Random(int(seed))
+
+    def __enter__(self):
+        ig.set_random_number_generator(self.rng)
+
+    def __exit__(self, *exc):
+        ig.set_random_number_generator(random)
+
+
+def _greedy(g: ig.Graph, weights) -> list[int]:
+    """CNM greedy modularity, stopped where networkx stops: before the first merge that lowers modularity
+    (merges of zero gain, up to 1e-12 of round-off, go on). igraph's own cut (the largest modularity anywhere in
+    the merge sequence) can lie later, after a dip."""
+    merges, qs = ig.GraphBase.community_fastgreedy(g, weights)
+    steps = len(merges)
+    for k in range(len(merges)):
+        if qs[k + 1] - qs[k] < -1e-12:
+            steps = k
+            break
+    return ig.community_to_membership(merges, g.vcount(), steps)
+
+
+def communities(g: ig.Graph, algorithm, weighted: bool = True, resolution: float = 1.0, seed: int = 0,
+                features: Optional[list] = None) -> np.ndarray:
+    """Cluster id per vertex (0 = largest, see :func:`relabel`); a graph without edges gives singletons."""
+    algorithm = _value(algorithm)
+    n = g.vcount()
+    if g.ecount() == 0:
+        return relabel(np.arange(n), features)
+    weights = g.es["weight"] if weighted else None
+    if algorithm == "greedy_modularity":
+        if resolution != 1.0:
+            import networkx as nx
+
+            log.info("igraph's greedy modularity has no resolution parameter; running networkx's for "
+                     "clustering.resolution=%s.", resolution)
+            graph = nx.Graph()
+            graph.add_nodes_from(range(n))
+            graph.add_weighted_edges_from((a, b, w) for (a, b), w in zip(g.get_edgelist(), g.es["weight"]))
+            found = nx.community.greedy_modularity_communities(graph, weight="weight" if weighted else None,
+                                                               resolution=resolution)
+            membership = np.empty(n, np.int64)
+            for cid, members in enumerate(found):
+                membership[list(members)] = cid
+        else:
+            membership = _greedy(g, weights)
+    elif algorithm == "louvain":
+        with _SeededRNG(seed):
+            membership = g.community_multilevel(weights=weights, resolution=resolution).membership
+    elif algorithm == "leiden":
+        import leidenalg
+
+        part = leidenalg.find_partition(g, leidenalg.RBConfigurationVertexPartition, weights=weights,
+                                        resolution_parameter=resolution, seed=int(seed) % (2**31 - 1),
+                                        n_iterations=-1)
+        membership = part.membership
+    else:
+        raise ValueError(f"unknown community algorithm {algorithm!r}")
+    return relabel(membership, features)
+
+
+def modularity(g: ig.Graph, membership, weighted: bool = True, resolution: float = 1.0) -> float:
+    """Modularity of the partition (networkx's definition; NaN for a graph without edges)."""
+    if g.ecount() == 0:
+        return float("nan")
+    return float(g.modularity(list(np.asarray(membership, dtype=np.int64)), weights=g.es["weight"] if weighted
+                              else None, resolution=resolution))
+
+
+@dataclass
+class Clustered:
+    """What a null or bootstrap repeat needs: no centralities, no networkx graph."""
+
+    keep: np.ndarray  # bool [n_features]: columns that vary (the others are dropped before correlating)
+    n_edges: int
+    membership: np.ndarray  # cluster id per kept column (0 = largest)
+    modularity: float  # NaN without edges
+
+
+def cluster_values(values: np.ndarray, method, threshold: float, edges, algorithm, weighted: bool,
+                   resolution: float, seed: int, features: Optional[list] = None) -> Clustered:
+    """Correlate (constant columns dropped), threshold, cluster and score a prompts x features array."""
+    values = np.asarray(values, dtype=float)
+    keep = np.ptp(values, axis=0) > 0 if values.shape[0] else np.zeros(values.shape[1], bool)
+    corr = correlate(values[:, keep], method)
+    i, j, r = threshold_edges(corr, threshold, edges)
+    g = build(int(keep.sum()), i, j, r, edges, full=False)
+    feats = None if features is None else [f for f, k in zip(features, keep) if k]
+    membership = communities(g, algorithm, weighted, resolution, seed, feats)
+    return Clustered(keep=keep, n_edges=g.ecount(), membership=membership,
+                     modularity=modularity(g, membership, weighted, resolution))
+
+
+def matched_modularity(corr: np.ndarray, n_edges: int, edges, algorithm, weighted: bool, resolution: float,
+                       seed: int, features: Optional[list] = None) -> float:
+    """Modularity of the reclustered graph of the ``n_edges`` strongest pairs of ``corr`` (edge-matched null)."""
+    i, j, r = top_pairs(corr, n_edges, edges)
+    g = build(corr.shape[0], i, j, r, edges, full=False)
+    membership = communities(g, algorithm, weighted, resolution, seed, features)
+    return modularity(g, membership, weighted, resolution)
+
+
+# ---- centralities ----------------------------------------------------------------------------------------------
+
+
+def _principal(adj: sparse.csr_matrix) -> tuple[np.ndarray, str]:
+    n = adj.shape[0]
+    if n <= DENSE_EIGEN_MAX:
+        _, vec = sla.eigh(adj.toarray(), subset_by_index=[n - 1, n - 1])
+        return vec[:, 0], "lapack"
+    try:
+        _, vec = spla.eigsh(adj, k=1, which="LA", v0=np.ones(n), tol=0, maxiter=max(1000, 20 * n))
+        return vec[:, 0], "arpack"
+    except spla.ArpackNoConvergence:
+        log.warning("ARPACK did not converge for the eigenvector centrality of a %d-node component; used LAPACK.", n)
+        _, vec = sla.eigh(adj.toarray(), subset_by_index=[n - 1, n - 1])
+        return vec[:, 0], "lapack_fallback"
+
+
+def eigenvector(g: ig.Graph, weighted: bool = True) -> tuple[np.ndarray, str]:
+    """Per-component principal eigenvector centrality (module docstring) and the method used."""
+    n = g.vcount()
+    out = np.zeros(n)
+    if g.ecount() == 0:
+        return out, "undefined"
+    pairs = np.asarray(g.get_edgelist(), dtype=np.int64)
+    w = np.asarray(g.es["weight"], dtype=float) if weighted else np.ones(len(pairs))
+    adj = sparse.coo_matrix((np.concatenate([w, w]), (np.concatenate([pairs[:, 0], pairs[:, 1]]),
+                                                      np.concatenate([pairs[:, 1], pairs[:, 0]]))),
+                            shape=(n, n)).tocsr()
+    used = set()
+    for members in g.connected_components():
+        if len(members) < 2:
+            continue
+        members = np.asarray(members)
+        vec, how = _principal(adj[members][:, members])
+        vec = np.abs(vec)
+        out[members] = vec / np.linalg.norm(vec)
+        used.add(how)
+    if "lapack_fallback" in used:
+        method = "per_component_arpack_lapack_fallback"
+    elif "arpack" in used:
+        method = "per_component_arpack"
+    else:
+        method = "per_component_lapack"
+    return out, method
+
+
+def centralities(g: ig.Graph, weighted: bool = True) -> tuple[dict[str, np.ndarray], str]:
+    """degree, betweenness, closeness and eigenvector centrality per vertex (networkx's definitions, see the
+    module docstring), and the eigenvector method."""
+    n = g.vcount()
+    pairs = np.asarray(g.get_edgelist(), dtype=np.int64).reshape(-1, 2)
+    deg = np.bincount(pairs.ravel(), minlength=n).astype(float)
+    degree = deg / (n - 1) if n > 1 else np.zeros(n)
+    dist = g.es["distance"] if (weighted and g.ecount()) else None
+    if dist is not None and min(dist) <= 0:
+        # igraph's Dijkstra needs positive lengths; an edge with r = 1 has length 0. Use networkx's exact
+        # definition (rare: only features whose attributions are exact affine copies of each other).
+        import networkx as nx
+
+        log.warning("Some edges have distance 0 (r = 1): betweenness and closeness computed with networkx.")
+        graph = to_networkx(list(range(n)), g)
+        btw = nx.betweenness_centrality(graph, weight="distance", normalized=True)
+        clo = nx.closeness_centrality(graph, distance="distance")
+        betweenness = np.array([btw[v] for v in range(n)])
+        close = np.array([clo[v] for v in range(n)])
+        eigen, method = eigenvector(g, weighted)
+        return {"degree": degree, "betweenness": betweenness, "closeness": close, "eigenvector": eigen}, method
+    if n > 2 and g.ecount():
+        betweenness = np.asarray(g.betweenness(directed=False, weights=dist), dtype=float) * 2 / ((n - 1) * (n - 2))
+    else:
+        betweenness = np.zeros(n)
+    if g.ecount():
+        comp = np.asarray(g.connected_components().membership)
+        k = np.bincount(comp)[comp].astype(float)  # size of each vertex's component
+        with np.errstate(invalid="ignore", divide="ignore"):
+            close = np.asarray(g.closeness(weights=dist, normalized=True), dtype=float)  # (k-1) / sum(d)
+        close = np.where(np.isfinite(close) & (k > 1), close, 0.0) * (k - 1) / max(n - 1, 1)
+    else:
+        close = np.zeros(n)
+    eigen, method = eigenvector(g, weighted)
+    return {"degree": degree, "betweenness": betweenness, "closeness": close, "eigenvector": eigen}, method
+
+
+# ---- the observed network, in one call -------------------------------------------------------------------------
+
+
+def observe(corr: np.ndarray, features: list[int], threshold: float, edges, algorithm, weighted: bool,
+            resolution: float, seed: int):
+    """Everything the stage needs from the observed correlation matrix: ``(networkx graph, partition
+    {feature: cluster}, modularity, centrality frame with a feature column, eigenvector method)``.
+    Computed on igraph; the networkx graph is built once at the end for graphml, plots and later stages."""
+    import pandas as pd
+
+    i, j, r = threshold_edges(np.asarray(corr), threshold, edges)
+    g = build(len(features), i, j, r, edges)
+    membership = communities(g, algorithm, weighted, resolution, seed, features)
+    partition = {int(f): int(c) for f, c in zip(features, membership)}
+    score = modularity(g, membership, weighted, resolution)
+    cent, method = centralities(g, weighted)
+    frame = pd.DataFrame({"feature": [int(f) for f in features], **cent})
+    return to_networkx([int(f) for f in features], g), partition, score, frame, method
