@@ -120,6 +120,7 @@ class SteeringEngineKind(str, Enum):
 class SetSampling(str, Enum):
     within = "within"
     between = "between"
+    random = "random"  # the H2 control: n features drawn uniformly from all kept features
 
 
 @dataclass
@@ -191,8 +192,13 @@ class ClusteringConfig:
     # run). Community detection and betweenness grow superlinearly and run 1 + n_null + n_bootstrap times;
     # a random SAE at GPT-2 shape has ~10k always-active features. null = no cap.
     max_features: Optional[int] = 500
+    # H1's graph-aware null: degree-preserving rewirings of the observed graph, reclustered (0 = off)
+    n_rewire: int = 200
+    # the blog's notebook: re-detect communities on the subgraph of the kept clusters, then keep again
+    recluster_kept: bool = False
 
     def __post_init__(self) -> None:
+        _at_least("clustering.n_rewire", self.n_rewire, 0)
         if not 0 < self.threshold <= 1:
             _bad("clustering.threshold", self.threshold, "use a correlation in (0, 1], e.g. clustering.threshold=0.3")
         _at_least("clustering.min_cluster_size", self.min_cluster_size, 1)
@@ -214,8 +220,9 @@ class SteeringConfig:
     set_sizes: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
     samples_per_size: int = 20
     sampling: List[SetSampling] = field(
-        default_factory=lambda: [SetSampling.within, SetSampling.between]
+        default_factory=lambda: [SetSampling.within, SetSampling.between, SetSampling.random]
     )
+    n_permutations: int = 2000  # H2's label-permutation tests
     batch_size: int = 128  # rows (conditions x prompts) per forward through the tail; ~1-2k tokens stay in CPU cache
     engine: SteeringEngineKind = SteeringEngineKind.fast
 
@@ -226,6 +233,7 @@ class SteeringConfig:
             _bad("steering.set_sizes", list(self.set_sizes), "a set needs at least one feature: use positive sizes, "
                  "e.g. steering.set_sizes=[1,2,3,4]")
         _at_least("steering.samples_per_size", self.samples_per_size, 1)
+        _at_least("steering.n_permutations", self.n_permutations, 1)
         _at_least("steering.batch_size", self.batch_size, 1)
 
 

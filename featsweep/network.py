@@ -6,7 +6,8 @@
 * **Constant features.** A feature whose attribution is the same on every prompt has no defined correlation.
   It is dropped before correlating and counted in ``network.n_constant_features``; it never gives NaN edges.
 * **Clusters.** Communities from ``featsweep.graph``; clusters with ``size >= clustering.min_cluster_size``
-  (inclusive) are kept.
+  (inclusive) are kept. With ``clustering.recluster_kept`` the kept clusters' subgraph is clustered again
+  (``featsweep.h1.kept_partition``); ``network.modularity`` stays the first pass's.
 * The graph conventions (edges, weights, algorithms, centralities) are in ``featsweep.graph``; the H1
   statistics (nulls, bootstrap, cluster tests) in ``featsweep.h1``.
 """
@@ -24,7 +25,7 @@ import pandas as pd
 from featsweep import plots
 from featsweep.config import ClusteringConfig, EdgeSign
 from featsweep.graph import build_graph, centralities, correlate, detect_communities, partition_modularity
-from featsweep.h1 import h1_statistics
+from featsweep.h1 import h1_statistics, kept_partition
 from featsweep.results import Network, StageResult
 from featsweep.stats import H1_METRICS
 from featsweep.subject import neuronpedia_url
@@ -158,10 +159,10 @@ def build_network(used: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_max:
     features = [int(f) for f in used.columns]
     corr = pd.DataFrame(correlate(used.to_numpy(), cfg.method), index=features, columns=features)
     graph = build_graph(corr, cfg.threshold, cfg.edges)
-    partition = detect_communities(graph, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
-    sizes = pd.Series(partition).value_counts()
-    kept = sorted(int(c) for c, size in sizes.items() if size >= cfg.min_cluster_size)
-    modularity = partition_modularity(graph, partition, cfg.weighted, cfg.resolution)
+    first = detect_communities(graph, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
+    # modularity of the first pass: the quantity the permutation nulls recompute
+    modularity = partition_modularity(graph, first, cfg.weighted, cfg.resolution)
+    partition, kept = kept_partition(graph, cfg, seed, first)  # clustering.recluster_kept applies here
 
     central, eig_method = centralities(graph, cfg.weighted)
     table = central.merge(attribution_metrics(used, corr), on="feature")
@@ -198,7 +199,7 @@ def _network_metrics(network: Network, cfg: ClusteringConfig) -> dict[str, float
         "network.n_kept_features": float(table["kept"].sum()),
         "network.largest_cluster_size": float(sizes.max()),
         "network.modularity": network.modularity,
-        "network.eigenvector_converged": float(network.eigenvector_method == "power_iteration"),
+        "network.n_components": float(nx.number_connected_components(graph)) if n else 0.0,
     }
 
 

@@ -132,14 +132,16 @@ def test_steering_stage_end_to_end(tiny_subject, tiny_task, stage_inputs):
     assert {"feature", "cluster", "prompt_idx", "prob", "drop_prob", "rank", "logit_diff", "top10_entropy",
             "exact_delta_logit_diff", "linear_delta_logit_diff"} <= set(single.columns)
     np.testing.assert_allclose(single["drop_prob"], np.tile(baseline["prob"], 14) - single["prob"], atol=1e-9)
-    assert len(sets) == 2 * 4 * 3 and set(sets["sampling"]) == {"within", "between"}
+    assert len(sets) == 3 * 4 * 3 and set(sets["sampling"]) == {"within", "between", "random"}
     assert sets.loc[sets["size"] > 1, "mean_corr"].notna().all()
     for c in CENTRALITIES:
         for key in ("slope", "intercept", "r2", "p", "p_partial"):
             assert np.isfinite(result.metrics[f"h3.{c}.{key}"]), (c, key)
-    for key in ("h2.within.mean_prob", "h2.between.mean_prob", "h2.p", "h2.effect_size",
-                "h2.size2.within_mean_prob", "h2.size2.between_mean_prob", "h2.size2.p", "steering.linear_vs_exact_r"):
+    for key in ("h2.within.mean_prob", "h2.between.mean_prob", "h2.random.mean_prob", "h2.p", "h2.diff",
+                "h2.within_vs_random.p", "h2.size2.within_mean_prob", "h2.size2.between_mean_prob", "h2.size2.p",
+                "steering.linear_vs_exact_r"):
         assert key in result.metrics and np.isfinite(result.metrics[key]), key
+    assert {result.tags["h2.verdict"], result.tags["h3.verdict"]} <= {"supported", "not_supported", "inconclusive"}
     assert result.metrics["steering.linear_vs_exact_r"] > 0.5
     assert set(result.figures) == {"plots/steering_performance_vs_centrality.png", "plots/steering_within_vs_between.png",
                                    "plots/steering_cluster_breakdown.png", "plots/steering_linear_vs_exact.png"}
