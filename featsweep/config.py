@@ -60,6 +60,11 @@ class Contrast(str, Enum):
     mean_others = "mean_others"  # mean logit of all other answers in the task's answer set
 
 
+class TaskFilter(str, Enum):
+    none = "none"
+    correct_top1 = "correct_top1"  # the blog's: keep prompts whose correct answer the model ranks first
+
+
 class MultiTokenPolicy(str, Enum):
     error = "error"
     drop = "drop"
@@ -153,6 +158,7 @@ class TaskConfig:
     on_multi_token: MultiTokenPolicy = MultiTokenPolicy.error
     limit: Optional[int] = None  # keep the first N prompts
     batch_size: int = 32
+    filter: TaskFilter = TaskFilter.none  # applied after limit; the number dropped is logged
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 2:
@@ -216,6 +222,8 @@ class SteeringConfig:
     scale: SteeringScale = SteeringScale.gen_max
     positions: SteeringPositions = SteeringPositions.all
     factor: float = 10.0
+    # the push is factor_base * factor; the blog multiplied every factor by a base of 2 (its "10" = our 20)
+    factor_base: float = 1.0
     normalize_by_set_size: bool = False
     set_sizes: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
     samples_per_size: int = 20
@@ -229,6 +237,8 @@ class SteeringConfig:
     def __post_init__(self) -> None:
         if not math.isfinite(self.factor):
             _bad("steering.factor", self.factor, "use a finite number, e.g. steering.factor=10")
+        if not (math.isfinite(self.factor_base) and self.factor_base > 0):
+            _bad("steering.factor_base", self.factor_base, "use a positive number (2.0 is the blog's base)")
         if not self.set_sizes or min(self.set_sizes) < 1:
             _bad("steering.set_sizes", list(self.set_sizes), "a set needs at least one feature: use positive sizes, "
                  "e.g. steering.set_sizes=[1,2,3,4]")

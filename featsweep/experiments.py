@@ -146,7 +146,7 @@ def steering_stage(subject, task, attrs, network: Optional[Network], baseline: p
 
     scales = steering_scales(cfg.scale, subject.d_sae, gen_max, attrs)
     mean_acts = mean_activations(subject, task) if SteeringMode(cfg.mode) is SteeringMode.mean_ablate else None
-    factor = float(cfg.factor)
+    factor = float(cfg.factor) * float(cfg.factor_base)  # the push actually applied (README: the blog's base)
     singles = [Condition((f,), factor) for f in table["feature"]]
     set_conds = [Condition(r["features"], factor / len(r["features"]) if cfg.normalize_by_set_size else factor)
                  for r in sets]

@@ -88,10 +88,14 @@ def _calibration(repeats: int, n_rewire: int):
     return np.array(nominal), np.array(null), np.array(matched)
 
 
-def test_rewired_null_is_calibrated_where_nominal_anova_is_not():
-    # 20 noise matrices x 4 centralities. With 39 draws null_p < 0.05 means "above every draw" (1/40 under the
-    # null). Measured with benchmarks/h1_calibration.py at larger scale (see README).
-    nominal, null = _calibration(repeats=20, n_rewire=39)
-    assert len(null) >= 40
-    assert np.mean(null < 0.05) <= 0.08
+@pytest.mark.slow
+def test_graph_aware_nulls_are_calibrated_where_nominal_anova_is_not():
+    # 20 noise matrices x 4 centralities, 39 draws of each null (null_p < 0.05 then means "above every draw":
+    # 1/40 under exchangeability). The verdict asks both nulls to reject: max(null_p, matched_null_p).
+    # Larger scale (60 repeats): benchmarks/h1_calibration.py, numbers in the README.
+    nominal, rewired, matched = _calibration(repeats=20, n_rewire=39)
+    assert len(nominal) >= 40
+    assert np.mean(np.maximum(rewired, matched) < 0.05) <= 0.08
+    assert np.mean(matched < 0.05) <= 0.10
+    assert np.mean(rewired < 0.05) <= 0.15  # rewiring alone is somewhat liberal on correlation graphs
     assert np.mean(nominal < 0.05) >= 0.25  # the circular test rejects far more often
