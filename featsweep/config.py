@@ -225,6 +225,9 @@ class SteeringConfig:
     # the push is factor_base * factor; the blog multiplied every factor by a base of 2 (its "10" = our 20)
     factor_base: float = 1.0
     normalize_by_set_size: bool = False
+    # a steered feature with scale 0 gets its task max activation (else the median steered scale) instead
+    # of silently not being pushed (steering.n_zero_scale counts them)
+    zero_scale_fallback: bool = True
     set_sizes: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
     samples_per_size: int = 20
     sampling: List[SetSampling] = field(

@@ -47,7 +47,8 @@ from featsweep.config import SetSampling, SteeringConfig, SteeringMode
 from featsweep.errors import FeatsweepError
 from featsweep.results import Network, StageResult
 from featsweep.stats import CENTRALITIES, adjust_pvalues, centrality_regression, permutation_diff
-from featsweep.steering import Condition, SteeringEngine, mean_activations, run_conditions, steering_scales
+from featsweep.steering import (Condition, SteeringEngine, fill_zero_scales, mean_activations, run_conditions,
+                                steering_scales)
 from featsweep.task import PERFORMANCE_COLUMNS
 from featsweep.verdicts import h2_verdict, h3_verdict
 
@@ -145,6 +146,12 @@ def steering_stage(subject, task, attrs, network: Optional[Network], baseline: p
     sets = sample_sets(clusters, cfg.set_sizes, cfg.samples_per_size, cfg.sampling, np.random.default_rng(seed))
 
     scales = steering_scales(cfg.scale, subject.d_sae, gen_max, attrs)
+    n_zero = int((scales[table["feature"].to_numpy()] <= 0).sum())
+    if cfg.zero_scale_fallback and SteeringMode(cfg.mode) is SteeringMode.negative:
+        scales, n_zero = fill_zero_scales(scales, table["feature"], attrs)
+    elif n_zero:
+        log.warning("%d steered feature(s) have steering scale 0 and are not pushed at all "
+                    "(steering.zero_scale_fallback=false).", n_zero)
     mean_acts = mean_activations(subject, task) if SteeringMode(cfg.mode) is SteeringMode.mean_ablate else None
     factor = float(cfg.factor) * float(cfg.factor_base)  # the push actually applied (README: the blog's base)
     singles = [Condition((f,), factor) for f in table["feature"]]
@@ -176,6 +183,7 @@ def steering_stage(subject, task, attrs, network: Optional[Network], baseline: p
         "steering.n_features": float(n_single),
         "steering.n_sets": float(len(sets_df)),
         "steering.n_kept_clusters": float(len(kept)),
+        "steering.n_zero_scale": float(n_zero),
         "steering.single.mean_prob": float(single["prob"].mean()),
         "steering.single.mean_drop_prob": float(single["drop_prob"].mean()),
     })
