@@ -192,7 +192,7 @@ class ClusteringConfig:
     algorithm: CommunityAlgorithm = CommunityAlgorithm.greedy_modularity
     resolution: float = 1.0
     min_cluster_size: int = 10  # keep clusters with >= this many features (inclusive)
-    n_null: int = 50  # permutation-null repeats
+    n_null: int = 200  # permutation-null repeats (also the edge-matched null of the cluster tests)
     n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
     # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
     # run). Community detection and betweenness grow superlinearly and run 1 + n_null + n_bootstrap times;

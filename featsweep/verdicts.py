@@ -11,8 +11,8 @@ Each rule reads only the run's logged metrics, so a reviewer can re-derive the v
   clusters beyond what both graph-aware nulls give: reclustering a degree-preserving rewiring of the same
   graph, and reclustering the edge-matched graph of shuffled data (``min over metrics of
   max(h1.<metric>.null_p_adj, h1.<metric>.matched_null_p_adj) < ALPHA``; the nominal ANOVA p-values are
-  not used: they are circular).
-  Otherwise not supported.
+  not used: they are circular). Inconclusive instead when (c) fails only because the nulls had too few
+  draws for any metric to pass Bonferroni (``n_metrics / (1 + n_draws) >= ALPHA``). Otherwise not supported.
 * **H2, steering a set from one cluster hurts more** (``h2.verdict``). Uses the label-permutation tests of
   ``featsweep.stats.permutation_diff`` over set sizes >= 2: ``h2.p``/``h2.diff`` (within vs between) and
   ``h2.within_vs_random.p``/``.diff`` (within vs a random set of kept features). Supported when both are
@@ -56,6 +56,14 @@ def h1_verdict(metrics: dict, n_kept: int) -> tuple[str, str]:
                                       bool(null_adj))) if not ok]
     if missing:
         return INCONCLUSIVE, "not run: " + ", ".join(missing)
+    n_metrics = len(null_adj)
+    draws = [v for k, v in metrics.items() if (k.endswith(".n_null_valid") or k.endswith(".n_matched_null_valid"))
+             and _finite(v)]
+    floor = n_metrics / (1 + min(draws)) if draws else 0.0  # the smallest Bonferroni p these draws allow
+    if min(null_adj) >= ALPHA and floor >= ALPHA:
+        return INCONCLUSIVE, (f"too few null draws: with {int(min(draws) if draws else 0)} valid draws and "
+                              f"{n_metrics} metrics no adjusted p-value can fall below {ALPHA} (raise "
+                              "clustering.n_null and clustering.n_rewire)")
     checks = [(matched < ALPHA, f"modularity vs edge-matched null p={matched:.3g}"),
               (ari >= MIN_BOOTSTRAP_ARI, f"bootstrap ARI {ari:.2f} (needs >= {MIN_BOOTSTRAP_ARI})"),
               (min(null_adj) < ALPHA, f"smallest graph-aware-null p_adj={min(null_adj):.3g}")]

@@ -27,6 +27,9 @@ def test_h1_rule():
     assert verdict == "not_supported" and "graph-aware" in reason
     assert h1_verdict({k: v for k, v in H1_GOOD.items() if "bootstrap" not in k}, 3)[0] == "inconclusive"
     assert h1_verdict({**H1_GOOD, "h1.degree.anova_p_adj": 1e-9}, 3)[0] == "supported"  # nominal p not used
+    few = {**worse, "h1.degree.n_null_valid": 20.0, "h1.degree.n_matched_null_valid": 20.0}
+    verdict, reason = h1_verdict(few, 3)  # 2 metrics, 20 draws: p_adj >= 2/21 whatever the data
+    assert verdict == "inconclusive" and "too few null draws" in reason
 
 
 def test_h2_rule():
