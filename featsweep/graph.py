@@ -151,7 +151,7 @@ def centralities(graph: nx.Graph, weighted: bool = True) -> tuple[pd.DataFrame, 
     if graph.number_of_edges() == 0:
         eigen, method = {n: 0.0 for n in nodes}, "undefined"
     else:
-        eigen, method = _eigenvector_per_component(graph, weight)
+        eigen, method = eigenvector_per_component(graph, weight)
     frame = pd.DataFrame({
         "feature": nodes,
         "degree": [degree[n] for n in nodes],
@@ -162,7 +162,7 @@ def centralities(graph: nx.Graph, weighted: bool = True) -> tuple[pd.DataFrame, 
     return frame, method
 
 
-def _eigenvector_per_component(graph: nx.Graph, weight) -> tuple[dict, str]:
+def eigenvector_per_component(graph: nx.Graph, weight) -> tuple[dict, str]:
     components = list(nx.connected_components(graph))
     eigen = {n: 0.0 for n in graph.nodes}
     for members in components:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import igraph as ig
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 from featsweep import plots
 from featsweep.config import ClusteringConfig
 from featsweep.graph import (centralities, cluster_matrix, correlate, detect_communities, edge_list,
-                             partition_modularity, top_pairs_graph)
+                             eigenvector_per_component, partition_modularity, top_pairs_graph)
 from featsweep.results import Network, StageResult
 from featsweep.stats import H1_METRICS, adjust_pvalues, anova_kruskal_columns, cluster_tests, null_summary
 from featsweep.verdicts import h1_verdict
@@ -96,7 +97,7 @@ def _matched_tests(graph: nx.Graph, first: dict[int, int], shuffled: np.ndarray,
     out = {f"{k}:{m}": np.nan for k in "FH" for m in metrics}
     if len(kept) < 2:
         return out
-    central, _ = centralities(graph, cfg.weighted)
+    central = null_centralities(graph, cfg.weighted)
     table = features.set_index("feature").loc[central["feature"]].reset_index()
     table[["degree", "betweenness", "closeness", "eigenvector"]] = central[["degree", "betweenness", "closeness",
                                                                               "eigenvector"]].to_numpy()
@@ -229,7 +230,7 @@ def rewired_null(network: Network, cfg: ClusteringConfig, seed: int, metrics: li
         partition, kept = kept_partition(graph, cfg, seed + draw)
         f_stat = h_stat = np.full(len(metrics), np.nan)
         if len(kept) >= 2:
-            central, _ = centralities(graph, cfg.weighted)
+            central = null_centralities(graph, cfg.weighted)
             table = central.merge(fixed, on="feature")
             clusters = np.array([partition[f] for f in table["feature"]])
             in_kept = np.isin(clusters, kept)
@@ -237,6 +238,28 @@ def rewired_null(network: Network, cfg: ClusteringConfig, seed: int, metrics: li
         rows += [{"draw": draw, "metric": m, "n_kept": len(kept), "anova_F": float(f), "kruskal_H": float(h)}
                  for m, f, h in zip(metrics, f_stat, h_stat)]
     return pd.DataFrame(rows, columns=["draw", "metric", "n_kept", "anova_F", "kruskal_H"])
+
+
+def null_centralities(graph: nx.Graph, weighted: bool) -> pd.DataFrame:
+    """The centralities of ``featsweep.graph.centralities`` for the null graphs, with igraph's compiled
+    shortest paths (the nulls compute them hundreds of times; networkx's pure-Python betweenness takes
+    seconds on a dense 500-node graph). Normalised as networkx: betweenness by ``(n-1)(n-2)/2``, closeness
+    by Wasserman-Faust ``(r-1)/sum(d) * (r-1)/(n-1)`` over the ``r`` reachable nodes. Checked against the
+    networkx reference in tests; graphs with a zero path length (|r| = 1) use the reference."""
+    nodes = list(graph.nodes)
+    n = len(nodes)
+    lengths = [d["distance"] for _, _, d in graph.edges(data=True)] if weighted else None
+    if n < 3 or graph.number_of_edges() == 0 or (lengths and min(lengths) <= 0):
+        return centralities(graph, weighted)[0]
+    index = {node: k for k, node in enumerate(nodes)}
+    g = ig.Graph(n=n, edges=[(index[a], index[b]) for a, b in graph.edges])
+    betweenness = np.asarray(g.betweenness(directed=False, weights=lengths)) / ((n - 1) * (n - 2) / 2)
+    reach = np.bincount(g.connected_components().membership)[g.connected_components().membership]
+    closeness = np.nan_to_num(np.asarray(g.closeness(weights=lengths, normalized=True), dtype=float))
+    eigen, _ = eigenvector_per_component(graph, "weight" if weighted else None)
+    return pd.DataFrame({"feature": nodes, "degree": np.asarray(g.degree(), dtype=float) / (n - 1),
+                         "betweenness": betweenness, "closeness": closeness * (reach - 1) / (n - 1),
+                         "eigenvector": [eigen[node] for node in nodes]})
 
 
 def null_pvalues(tests: pd.DataFrame, null: pd.DataFrame, method: str = "bonferroni", prefix: str = "") -> pd.DataFrame:

@@ -12,7 +12,8 @@ from scipy import stats as sps
 
 from featsweep.config import ClusteringConfig
 from featsweep.graph import detect_communities
-from featsweep.h1 import h1_statistics, kept_partition, null_pvalues, rewire
+from featsweep.graph import centralities
+from featsweep.h1 import h1_statistics, kept_partition, null_centralities, null_pvalues, rewire
 from featsweep.network import build_network
 from featsweep.stats import anova_kruskal_columns
 
@@ -29,6 +30,20 @@ def test_rewire_keeps_every_degree_and_the_weights():
     assert sorted(d["weight"] for *_, d in rewired.edges(data=True)) == sorted(d["weight"] for *_, d in graph.edges(data=True))
     assert all(d["distance"] == pytest.approx(1 - d["weight"]) for *_, d in rewired.edges(data=True))
     assert nx.utils.edges_equal(rewire(graph, 5).edges, rewired.edges)  # seeded
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_null_centralities_match_the_networkx_reference(weighted):
+    graph = nx.disjoint_union(nx.gnm_random_graph(25, 50, seed=2), nx.gnm_random_graph(12, 14, seed=3))
+    graph.add_nodes_from([100, 101])  # several components and isolated nodes
+    rng = np.random.default_rng(0)
+    for a, b in graph.edges:
+        w = rng.uniform(0.3, 0.95)
+        graph.edges[a, b].update(weight=w, distance=1 - w)
+    assert nx.number_connected_components(graph) > 1
+    fast = null_centralities(graph, weighted).set_index("feature")
+    reference = centralities(graph, weighted)[0].set_index("feature")
+    pd.testing.assert_frame_equal(fast, reference, check_exact=False, atol=1e-9)
 
 
 def test_fast_anova_and_kruskal_match_scipy():
