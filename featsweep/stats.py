@@ -1,5 +1,6 @@
 """Statistics: tests across clusters (H1), nulls and stability, regressions (H3), set comparisons (H2),
-and multiple-test correction. Plain functions of arrays and tables, each checked against scipy in tests."""
+and multiple-test correction. Plain functions of arrays and tables, each checked in tests against scipy,
+statsmodels or a brute-force enumeration."""
 
 from __future__ import annotations
 
@@ -140,34 +141,6 @@ def centrality_regression(performance, centrality, covariate=None) -> dict[str, 
             import statsmodels.api as sm
 
             out["p_partial"] = float(sm.OLS(y, design).fit().pvalues[1])
-    return out
-
-
-def rank_biserial(u_statistic: float, n1: int, n2: int) -> float:
-    """Rank-biserial correlation from the Mann-Whitney U of the first sample:
-    P(first > second) - P(first < second), in [-1, 1]."""
-    return float(2.0 * u_statistic / (n1 * n2) - 1.0)
-
-
-def compare_within_between(within, between) -> dict[str, float]:
-    """H2: within-cluster against between-cluster set performance.
-
-    Two-sided Mann-Whitney U: the samples are small, independent and bounded (probabilities) with no
-    reason to expect normality, so a rank test is used. Effect size: rank-biserial correlation
-    (``> 0``: within-cluster sets keep MORE performance than between-cluster sets, i.e. hurt less).
-    Fewer than 2 values on either side gives NaN p and effect size."""
-    a = np.asarray(within, dtype=float)
-    b = np.asarray(between, dtype=float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    out = dict(within_mean=float(a.mean()) if len(a) else np.nan, between_mean=float(b.mean()) if len(b) else np.nan,
-               n_within=float(len(a)), n_between=float(len(b)), u=np.nan, p=np.nan, effect_size=np.nan)
-    if len(a) < 2 or len(b) < 2:
-        return out
-    if np.ptp(np.concatenate([a, b])) == 0:  # all ties: no evidence of a difference
-        out.update(u=float(len(a) * len(b) / 2), p=1.0, effect_size=0.0)
-        return out
-    res = sps.mannwhitneyu(a, b, alternative="two-sided")
-    out.update(u=float(res.statistic), p=float(res.pvalue), effect_size=rank_biserial(res.statistic, len(a), len(b)))
     return out
 
 

@@ -13,7 +13,7 @@ from scipy import stats as sps
 from featsweep.config import SteeringConfig
 from featsweep.errors import FeatsweepError
 from featsweep.experiments import SETS_TABLE, SINGLE_TABLE, mean_pairwise_corr, sample_sets, steering_stage
-from featsweep.stats import CENTRALITIES, centrality_regression, compare_within_between, rank_biserial
+from featsweep.stats import CENTRALITIES, centrality_regression
 from featsweep.task import baseline_performance
 from helpers import fake_attrs, fake_network
 
@@ -99,17 +99,6 @@ def test_centrality_regression_matches_scipy_and_statsmodels():
     assert np.isnan(centrality_regression(y, np.ones(40), z)["p"])  # constant predictor: no fit
     x[0] = np.nan
     assert centrality_regression(y, x, z)["n"] == 39
-
-
-def test_compare_within_between_matches_scipy():
-    rng = np.random.default_rng(1)
-    a, b = rng.normal(0.5, 1, 20), rng.normal(0, 1, 25)
-    res = compare_within_between(a, b)
-    mw = sps.mannwhitneyu(a, b, alternative="two-sided")
-    assert res["p"] == pytest.approx(mw.pvalue)
-    assert res["effect_size"] == pytest.approx(2 * mw.statistic / (20 * 25) - 1)
-    assert rank_biserial(0, 3, 4) == -1 and rank_biserial(12, 3, 4) == 1
-    assert np.isnan(compare_within_between([1.0], b)["p"])
 
 
 @pytest.fixture(scope="module")
