@@ -60,7 +60,7 @@ def h1_verdict(metrics: dict, n_kept: int) -> tuple[str, str]:
     draws = [v for k, v in metrics.items() if (k.endswith(".n_null_valid") or k.endswith(".n_matched_null_valid"))
              and _finite(v)]
     floor = n_metrics / (1 + min(draws)) if draws else 0.0  # the smallest Bonferroni p these draws allow
-    if min(null_adj) >= ALPHA and floor >= ALPHA:
+    if matched < ALPHA and ari >= MIN_BOOTSTRAP_ARI and min(null_adj) >= ALPHA and floor >= ALPHA:
         return INCONCLUSIVE, (f"too few null draws: with {int(min(draws) if draws else 0)} valid draws and "
                               f"{n_metrics} metrics no adjusted p-value can fall below {ALPHA} (raise "
                               "clustering.n_null and clustering.n_rewire)")

@@ -30,6 +30,7 @@ def test_h1_rule():
     few = {**worse, "h1.degree.n_null_valid": 20.0, "h1.degree.n_matched_null_valid": 20.0}
     verdict, reason = h1_verdict(few, 3)  # 2 metrics, 20 draws: p_adj >= 2/21 whatever the data
     assert verdict == "inconclusive" and "too few null draws" in reason
+    assert h1_verdict({**few, "h1.bootstrap_ari_mean": 0.2}, 3)[0] == "not_supported"  # fails anyway
 
 
 def test_h2_rule():
