@@ -103,7 +103,6 @@ def _calibration(repeats: int, n_rewire: int):
     return np.array(nominal), np.array(null), np.array(matched)
 
 
-@pytest.mark.slow
 def test_graph_aware_nulls_are_calibrated_where_nominal_anova_is_not():
     # 20 noise matrices x 4 centralities, 39 draws of each null (null_p < 0.05 then means "above every draw":
     # 1/40 under exchangeability). The verdict asks both nulls to reject: max(null_p, matched_null_p).
