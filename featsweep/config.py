@@ -60,6 +60,11 @@ class Contrast(str, Enum):
     mean_others = "mean_others"  # mean logit of all other answers in the task's answer set
 
 
+class TaskFilter(str, Enum):
+    none = "none"
+    correct_top1 = "correct_top1"  # the blog's: keep prompts whose correct answer the model ranks first
+
+
 class MultiTokenPolicy(str, Enum):
     error = "error"
     drop = "drop"
@@ -120,6 +125,7 @@ class SteeringEngineKind(str, Enum):
 class SetSampling(str, Enum):
     within = "within"
     between = "between"
+    random = "random"  # the H2 control: n features drawn uniformly from all kept features
 
 
 @dataclass
@@ -155,6 +161,7 @@ class TaskConfig:
     on_multi_token: MultiTokenPolicy = MultiTokenPolicy.error
     limit: Optional[int] = None  # keep the first N prompts
     batch_size: int = 32
+    filter: TaskFilter = TaskFilter.none  # applied after limit; the number dropped is logged
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 2:
@@ -188,7 +195,7 @@ class ClusteringConfig:
     algorithm: CommunityAlgorithm = CommunityAlgorithm.greedy_modularity
     resolution: float = 1.0
     min_cluster_size: int = 10  # keep clusters with >= this many features (inclusive)
-    n_null: int = 50  # permutation-null repeats
+    n_null: int = 200  # permutation-null repeats (also the edge-matched null of the cluster tests)
     n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
     # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
     # run). Community detection runs 1 + 2 n_null + n_bootstrap times and greedy modularity grows
@@ -196,8 +203,13 @@ class ClusteringConfig:
     # and 30 bootstraps take about a minute of CPU on igraph); a random SAE at GPT-2 shape has ~15k varying
     # features. null = no cap.
     max_features: Optional[int] = 2000
+    # H1's graph-aware null: degree-preserving rewirings of the observed graph, reclustered (0 = off)
+    n_rewire: int = 200
+    # the blog's notebook: re-detect communities on the subgraph of the kept clusters, then keep again
+    recluster_kept: bool = False
 
     def __post_init__(self) -> None:
+        _at_least("clustering.n_rewire", self.n_rewire, 0)
         if not 0 < self.threshold <= 1:
             _bad("clustering.threshold", self.threshold, "use a correlation in (0, 1], e.g. clustering.threshold=0.3")
         _at_least("clustering.min_cluster_size", self.min_cluster_size, 1)
@@ -215,12 +227,18 @@ class SteeringConfig:
     scale: SteeringScale = SteeringScale.gen_max
     positions: SteeringPositions = SteeringPositions.all
     factor: float = 10.0
+    # the push is factor_base * factor; the blog multiplied every factor by a base of 2 (its "10" = our 20)
+    factor_base: float = 1.0
     normalize_by_set_size: bool = False
+    # a steered feature with scale 0 gets its task max activation (else the median steered scale) instead
+    # of silently not being pushed (steering.n_zero_scale counts them)
+    zero_scale_fallback: bool = True
     set_sizes: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
     samples_per_size: int = 20
     sampling: List[SetSampling] = field(
-        default_factory=lambda: [SetSampling.within, SetSampling.between]
+        default_factory=lambda: [SetSampling.within, SetSampling.between, SetSampling.random]
     )
+    n_permutations: int = 2000  # H2's label-permutation tests
     # Rows (conditions x prompts) per forward through the layers after the hook: null = token_budget / the number
     # of positions each row recomputes (all positions for positions=all, 1 for positions=last).
     batch_size: Optional[int] = None
@@ -230,10 +248,13 @@ class SteeringConfig:
     def __post_init__(self) -> None:
         if not math.isfinite(self.factor):
             _bad("steering.factor", self.factor, "use a finite number, e.g. steering.factor=10")
+        if not (math.isfinite(self.factor_base) and self.factor_base > 0):
+            _bad("steering.factor_base", self.factor_base, "use a positive number (2.0 is the blog's base)")
         if not self.set_sizes or min(self.set_sizes) < 1:
             _bad("steering.set_sizes", list(self.set_sizes), "a set needs at least one feature: use positive sizes, "
                  "e.g. steering.set_sizes=[1,2,3,4]")
         _at_least("steering.samples_per_size", self.samples_per_size, 1)
+        _at_least("steering.n_permutations", self.n_permutations, 1)
         if self.batch_size is not None:
             _at_least("steering.batch_size", self.batch_size, 1)
         if self.token_budget is not None:

@@ -15,6 +15,22 @@ Set sampling (``steering.sampling``; seeded ``numpy.random.Generator(seed)``):
   cyclic order. With ``n <= K`` kept clusters a set has ``n`` distinct clusters and, over the samples,
   every cluster appears equally often; with ``n > K`` (allowed) clusters contribute ``floor(n/K)`` or
   ``ceil(n/K)`` features each. It needs at least two kept clusters, otherwise it is skipped (tagged).
+* ``random``: ``n`` distinct features drawn uniformly from all kept features (the H2 control: what any set
+  of that size does, cluster or not).
+
+H2 statistics (``_h2_statistics``). The unit is the SET, and only sizes ``n >= 2`` are tested: a size-1
+"within" set and a size-1 "between" set are both one kept feature, the same distribution by construction,
+and pooling them would dilute any difference. The sets are not independent (a few dozen kept features fill
+hundreds of set slots, so many sets share features), so a Mann-Whitney test that counts each set as an
+independent observation is too liberal. Instead a label-permutation test (``featsweep.stats.permutation_diff``)
+shuffles the within/between labels among the sets of each size: every permuted data set keeps the same
+sets, outcomes and feature overlaps, so the dependence that feature reuse induces stays in the reference
+distribution. (A mixed model with crossed random effects for every feature in a set was the alternative;
+with 20 sets per size and up to 4 features per set it is poorly identified, and it assumes normal
+outcomes on a bounded probability.) ``h2.p``/``h2.diff``: within vs between, stratified by size, the
+statistic being the mean over sizes of ``mean(within) - mean(between)`` (negative: within hurts more);
+``h2.within_vs_random.*`` the same against the random control; ``h2.size<n>.p_adj`` per size,
+Bonferroni over the sizes.
 """
 
 from __future__ import annotations
@@ -30,9 +46,11 @@ from featsweep import plots
 from featsweep.config import SetSampling, SteeringConfig, SteeringMode
 from featsweep.errors import FeatsweepError
 from featsweep.results import Network, StageResult
-from featsweep.stats import CENTRALITIES, adjust_pvalues, centrality_regression, compare_within_between
-from featsweep.steering import Condition, SteeringEngine, mean_activations, run_conditions, steering_scales
+from featsweep.stats import CENTRALITIES, adjust_pvalues, centrality_regression, permutation_diff
+from featsweep.steering import (Condition, SteeringEngine, fill_zero_scales, mean_activations, run_conditions,
+                                steering_scales)
 from featsweep.task import PERFORMANCE_COLUMNS
+from featsweep.verdicts import h2_verdict, h3_verdict
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +88,14 @@ def sample_sets(clusters: dict[int, list[int]], set_sizes, samples_per_size: int
                         f"clusters needs {need} features from each, but cluster {smallest} has "
                         f"{len(clusters[smallest])}. Use smaller set sizes.")
             order = [kept[i] for i in rng.permutation(len(kept))]
+            pool = np.asarray(sorted(f for c in kept for f in clusters[c]))
             for s in range(int(samples_per_size)):
+                if sampling is SetSampling.random:
+                    feats = sorted(int(f) for f in rng.choice(pool, size=min(n, len(pool)), replace=False))
+                    home = sorted({c for c in kept for f in feats if f in clusters[c]})
+                    records.append(dict(sampling=sampling.value, size=n, sample=s, features=tuple(feats),
+                                        clusters=tuple(home)))
+                    continue
                 if sampling is SetSampling.within:
                     counts = {order[s % len(kept)]: n}
                 else:
@@ -121,8 +146,14 @@ def steering_stage(subject, task, attrs, network: Optional[Network], baseline: p
     sets = sample_sets(clusters, cfg.set_sizes, cfg.samples_per_size, cfg.sampling, np.random.default_rng(seed))
 
     scales = steering_scales(cfg.scale, subject.d_sae, gen_max, attrs)
+    n_zero = int((scales[table["feature"].to_numpy()] <= 0).sum())
+    if cfg.zero_scale_fallback and SteeringMode(cfg.mode) is SteeringMode.negative:
+        scales, n_zero = fill_zero_scales(scales, table["feature"], attrs)
+    elif n_zero:
+        log.warning("%d steered feature(s) have steering scale 0 and are not pushed at all "
+                    "(steering.zero_scale_fallback=false).", n_zero)
     mean_acts = mean_activations(subject, task) if SteeringMode(cfg.mode) is SteeringMode.mean_ablate else None
-    factor = float(cfg.factor)
+    factor = float(cfg.factor) * float(cfg.factor_base)  # the push actually applied (README: the blog's base)
     singles = [Condition((f,), factor) for f in table["feature"]]
     set_conds = [Condition(r["features"], factor / len(r["features"]) if cfg.normalize_by_set_size else factor)
                  for r in sets]
@@ -147,14 +178,17 @@ def steering_stage(subject, task, attrs, network: Optional[Network], baseline: p
     per_feature = _per_feature_table(single, table, scales)
     fits = _h3_regressions(per_feature, result)
     sets_df = _sets_table(sets, set_conds, perf, n_single, base, network.corr)
-    _h2_statistics(sets_df, cfg, kept, result)
+    _h2_statistics(sets_df, cfg, kept, seed, result)
     result.metrics.update({
         "steering.n_features": float(n_single),
         "steering.n_sets": float(len(sets_df)),
         "steering.n_kept_clusters": float(len(kept)),
+        "steering.n_zero_scale": float(n_zero),
         "steering.single.mean_prob": float(single["prob"].mean()),
         "steering.single.mean_drop_prob": float(single["drop_prob"].mean()),
     })
+    for name, (verdict, reason) in (("h2", h2_verdict(result.metrics)), ("h3", h3_verdict(result.metrics))):
+        result.tags.update({f"{name}.verdict": verdict, f"{name}.verdict_reason": reason})
     # wall time is a tag, not a metric: metrics are results, and a rerun must reproduce them exactly
     result.tags["featsweep.steering_seconds"] = f"{time.perf_counter() - t0:.2f}"
     result.tables.update({SINGLE_TABLE: single, FEATURES_TABLE: per_feature, SETS_TABLE: sets_df})
@@ -227,32 +261,42 @@ def _sets_table(sets: list[dict], set_conds: list[Condition], perf: dict, n_sing
     return pd.DataFrame(rows, columns=set_cols)
 
 
-def _h2_statistics(sets_df: pd.DataFrame, cfg: SteeringConfig, kept: list[int], result: StageResult) -> None:
-    """H2: within-cluster sets against between-cluster sets, overall and per size (Bonferroni over sizes)."""
+def _h2_statistics(sets_df: pd.DataFrame, cfg: SteeringConfig, kept: list[int], seed: int, result: StageResult) -> None:
+    """H2 at the unit of the set (see the module docstring): within against between and against random."""
     metrics, sizes = result.metrics, list(dict.fromkeys(int(n) for n in cfg.set_sizes))
-    within = sets_df[sets_df["sampling"] == "within"]
-    between = sets_df[sets_df["sampling"] == "between"]
-    if len(within):
-        metrics["h2.within.mean_prob"] = float(within["prob"].mean())
-    if len(between):
-        metrics["h2.between.mean_prob"] = float(between["prob"].mean())
-    if not (len(within) and len(between)):
-        result.tags["steering.h2"] = ("skipped: needs both within and between sets (between needs >= 2 kept clusters; "
-                                      f"kept {len(kept)}; steering.sampling={[SetSampling(s).value for s in cfg.sampling]})")
+    for sampling in SetSampling:
+        rows = sets_df[sets_df["sampling"] == sampling.value]
+        if len(rows):
+            metrics[f"h2.{sampling.value}.mean_prob"] = float(rows["prob"].mean())
+        for n in sizes:
+            at = rows[rows["size"] == n]
+            if len(at):
+                metrics[f"h2.size{n}.{sampling.value}_mean_prob"] = float(at["prob"].mean())
+    tested = sets_df[sets_df["size"] >= 2]
+    within = tested["sampling"] == "within"
+    rng = np.random.default_rng([seed, 4])
+    for name, other in (("h2", "between"), ("h2.within_vs_random", "random")):
+        pair = tested[within | (tested["sampling"] == other)]
+        res = permutation_diff(pair["prob"], pair["sampling"] == "within", pair["size"], cfg.n_permutations,
+                               rng.integers(2**31))
+        if np.isfinite(res["p"]):
+            metrics[f"{name}.diff"], metrics[f"{name}.p"] = res["diff"], res["p"]
+    if "h2.p" not in metrics:
+        result.tags["steering.h2"] = ("skipped: needs within and between sets of size >= 2 (between needs >= 2 kept "
+                                      f"clusters; kept {len(kept)}; steering.set_sizes={sizes}; "
+                                      f"steering.sampling={[SetSampling(s).value for s in cfg.sampling]})")
         return
-    overall = compare_within_between(within["prob"], between["prob"])
-    metrics["h2.p"], metrics["h2.effect_size"] = overall["p"], overall["effect_size"]
-    size_p = []
-    for n in sizes:
-        res = compare_within_between(within.loc[within["size"] == n, "prob"], between.loc[between["size"] == n, "prob"])
-        metrics[f"h2.size{n}.within_mean_prob"] = res["within_mean"]
-        metrics[f"h2.size{n}.between_mean_prob"] = res["between_mean"]
-        metrics[f"h2.size{n}.p"] = res["p"]
-        metrics[f"h2.size{n}.effect_size"] = res["effect_size"]
-        size_p.append(res["p"])
-    for n, padj in zip(sizes, adjust_pvalues(size_p, "bonferroni")):
+    size_p = {}
+    for n in [n for n in sizes if n >= 2]:
+        pair = tested[(tested["size"] == n) & tested["sampling"].isin(["within", "between"])]
+        res = permutation_diff(pair["prob"], pair["sampling"] == "within", pair["size"], cfg.n_permutations,
+                               rng.integers(2**31))
+        metrics[f"h2.size{n}.diff"], metrics[f"h2.size{n}.p"] = res["diff"], res["p"]
+        size_p[n] = res["p"]
+    for n, padj in zip(size_p, adjust_pvalues(list(size_p.values()), "bonferroni")):
         metrics[f"h2.size{n}.p_adj"] = float(padj)
-    result.tags["steering.h2_test"] = "two-sided Mann-Whitney U; effect size rank-biserial (>0: within keeps more prob)"
+    result.tags["steering.h2_test"] = ("label permutation of sets within each size >= 2 (two-sided, "
+                                       f"{cfg.n_permutations} permutations); diff = within - between mean prob")
 
 
 def _steering_figures(per_feature, sets_df, fits, kept, base_prob, factor, linear, exact, r) -> dict:

@@ -15,9 +15,14 @@ Conventions (each one is an option or a documented choice):
 * **Communities.** greedy_modularity (networkx), louvain (networkx, seeded) or leiden (igraph + leidenalg,
   ``RBConfigurationVertexPartition`` with ``resolution_parameter=clustering.resolution``, seeded). Cluster ids are
   renumbered by size, 0 = largest (ties: lower smallest feature id first).
-* **Eigenvector centrality.** Power iteration (``max_iter=1000``); if it does not converge, the numpy
-  eigen-solver is used and the tag ``network.eigenvector_method`` says so (metric
-  ``network.eigenvector_converged`` = 0). The column is never dropped.
+* **Eigenvector centrality.** Defined per connected component: on a disconnected graph the leading
+  eigenvector of the whole adjacency is ambiguous (numpy's solver raises ``AmbiguousSolution``) or lives on
+  one component only. Each component of 2+ nodes gets its own principal eigenvector of the (weighted)
+  adjacency by a dense symmetric eigen-solver (``numpy.linalg.eigh``: exact, no convergence to fail; on a
+  connected component the top eigenvalue is simple), unit norm within the component, times
+  ``sqrt(n_component / n_nodes)`` so that the whole vector has unit norm and a connected graph gets exactly
+  networkx's ``eigenvector_centrality``. Isolated nodes get 0. The tag ``network.eigenvector_method`` says
+  which case ran. The column is never dropped.
 """
 
 from __future__ import annotations
@@ -134,8 +139,8 @@ def partition_modularity(graph: nx.Graph, partition: dict[int, int], weighted: b
 def centralities(graph: nx.Graph, weighted: bool = True) -> tuple[pd.DataFrame, str]:
     """degree, betweenness, closeness and eigenvector centrality per node, and how eigenvector was found.
 
-    Method is ``power_iteration``, ``numpy_fallback`` (power iteration did not converge) or ``undefined``
-    (no edges: every node gets 0).
+    Method: ``eigh`` (connected graph), ``eigh_per_component`` (disconnected) or ``undefined`` (no edges: every
+    node gets 0). See the module docstring.
     """
     nodes = list(graph.nodes)
     distance = "distance" if weighted else None
@@ -146,12 +151,7 @@ def centralities(graph: nx.Graph, weighted: bool = True) -> tuple[pd.DataFrame, 
     if graph.number_of_edges() == 0:
         eigen, method = {n: 0.0 for n in nodes}, "undefined"
     else:
-        try:
-            eigen, method = nx.eigenvector_centrality(graph, max_iter=1000, weight=weight), "power_iteration"
-        except (nx.PowerIterationFailedConvergence, ZeroDivisionError):
-            eigen, method = nx.eigenvector_centrality_numpy(graph, weight=weight), "numpy_fallback"
-            eigen = {n: abs(float(v)) for n, v in eigen.items()}
-            log.warning("Eigenvector centrality did not converge by power iteration; used the numpy eigen-solver.")
+        eigen, method = eigenvector_per_component(graph, weight)
     frame = pd.DataFrame({
         "feature": nodes,
         "degree": [degree[n] for n in nodes],
@@ -160,6 +160,23 @@ def centralities(graph: nx.Graph, weighted: bool = True) -> tuple[pd.DataFrame, 
         "eigenvector": [float(eigen[n]) for n in nodes],
     })
     return frame, method
+
+
+def eigenvector_per_component(graph: nx.Graph, weight) -> tuple[dict, str]:
+    components = list(nx.connected_components(graph))
+    eigen = {n: 0.0 for n in graph.nodes}
+    for members in components:
+        if len(members) < 2:
+            continue  # an isolated node has no neighbours to inherit importance from
+        nodes = sorted(members)
+        adj = nx.to_numpy_array(graph, nodelist=nodes, weight=weight)
+        # connected and non-negative: the top eigenvalue is simple (Perron-Frobenius), so eigh is unambiguous
+        values, vectors = np.linalg.eigh(adj)
+        principal = np.abs(vectors[:, np.argmax(values)])
+        share = np.sqrt(len(members) / graph.number_of_nodes())
+        for node, value in zip(nodes, principal / np.linalg.norm(principal) * share):
+            eigen[node] = float(value)
+    return eigen, "eigh" if len(components) == 1 else "eigh_per_component"
 
 
 def cluster_matrix(values: np.ndarray, features: list[int], cfg: ClusteringConfig, seed: int

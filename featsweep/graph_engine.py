@@ -57,7 +57,7 @@ from scipy.sparse import linalg as spla
 log = logging.getLogger(__name__)
 
 EDGE_TOLERANCE = 1e-9
-# eigenvector methods that found the principal eigenvector as asked (the metric network.eigenvector_converged)
+# eigenvector methods that found the principal eigenvector as asked
 CONVERGED_METHODS = ("power_iteration", "per_component_lapack", "per_component_arpack")
 DENSE_EIGEN_MAX = 400  # components up to this size use LAPACK for the eigenvector, larger ones ARPACK
 _ROW_BLOCK = 512
@@ -354,7 +354,9 @@ def eigenvector(g: ig.Graph, weighted: bool = True) -> tuple[np.ndarray, str]:
         members = np.asarray(members)
         vec, how = _principal(adj[members][:, members])
         vec = np.abs(vec)
-        out[members] = vec / np.linalg.norm(vec)
+        # unit norm over the component, times sqrt(its share of the nodes): the reference's scaling
+        # (featsweep.graph), so one connected graph gives networkx's value and components stay comparable
+        out[members] = vec / np.linalg.norm(vec) * np.sqrt(len(members) / n)
         used.add(how)
     if "lapack_fallback" in used:
         method = "per_component_arpack_lapack_fallback"

@@ -6,7 +6,8 @@
 * **Constant features.** A feature whose attribution is the same on every prompt has no defined correlation.
   It is dropped before correlating and counted in ``network.n_constant_features``; it never gives NaN edges.
 * **Clusters.** Communities from ``featsweep.graph``; clusters with ``size >= clustering.min_cluster_size``
-  (inclusive) are kept.
+  (inclusive) are kept. With ``clustering.recluster_kept`` the kept clusters' subgraph is clustered again
+  (``featsweep.h1.kept_partition``); ``network.modularity`` stays the first pass's.
 * The graph conventions (edges, weights, algorithms, centralities) are in ``featsweep.graph``; the H1
   statistics (nulls, bootstrap, cluster tests) in ``featsweep.h1``.
 """
@@ -25,7 +26,7 @@ from featsweep import graph_engine, plots
 from featsweep.config import ClusteringConfig, EdgeSign
 from featsweep.graph import build_graph, centralities, detect_communities, partition_modularity
 from featsweep.graph_engine import correlate
-from featsweep.h1 import h1_statistics
+from featsweep.h1 import h1_statistics, kept_partition
 from featsweep.results import Network, StageResult
 from featsweep.stats import H1_METRICS
 from featsweep.subject import neuronpedia_url
@@ -162,15 +163,15 @@ def build_network(used: pd.DataFrame, cfg: ClusteringConfig, seed: int, gen_max:
     features = [int(f) for f in used.columns]
     corr = pd.DataFrame(correlate(used.to_numpy(), cfg.method), index=features, columns=features)
     if engine == "igraph":
-        graph, partition, modularity, central, eig_method = graph_engine.observe(
+        graph, first, modularity, central, eig_method = graph_engine.observe(
             corr.to_numpy(), features, cfg.threshold, cfg.edges, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
     else:
         graph = build_graph(corr, cfg.threshold, cfg.edges)
-        partition = detect_communities(graph, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
-        modularity = partition_modularity(graph, partition, cfg.weighted, cfg.resolution)
+        first = detect_communities(graph, cfg.algorithm, cfg.weighted, cfg.resolution, seed)
+        modularity = partition_modularity(graph, first, cfg.weighted, cfg.resolution)
         central, eig_method = centralities(graph, cfg.weighted)
-    sizes = pd.Series(partition).value_counts()
-    kept = sorted(int(c) for c, size in sizes.items() if size >= cfg.min_cluster_size)
+    # modularity is the first pass's: the quantity the permutation nulls recompute
+    partition, kept = kept_partition(graph, cfg, seed, first)  # clustering.recluster_kept applies here
     table = central.merge(attribution_metrics(used, corr), on="feature")
     table.insert(1, "cluster", [partition[f] for f in table["feature"]])
     table.insert(2, "kept", table["cluster"].isin(kept))
@@ -252,7 +253,7 @@ def _network_metrics(network: Network, cfg: ClusteringConfig) -> dict[str, float
         "network.n_kept_features": float(table["kept"].sum()),
         "network.largest_cluster_size": float(sizes.max()),
         "network.modularity": network.modularity,
-        "network.eigenvector_converged": float(network.eigenvector_method in graph_engine.CONVERGED_METHODS),
+        "network.n_components": float(nx.number_connected_components(graph)) if n else 0.0,
     }
 
 

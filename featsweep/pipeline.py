@@ -24,6 +24,7 @@ from featsweep.errors import FeatsweepError
 from featsweep.experiments import steering_stage
 from featsweep.inputs import log_run_inputs
 from featsweep.network import network_stage
+from featsweep.report import Report
 from featsweep.results import StageResult
 from featsweep.subject import load_subject, max_activations
 from featsweep.task import load_task, task_stage
@@ -69,6 +70,7 @@ class Runner:
         self.skip_reason: Optional[str] = None
         self.outputs: dict[Stage, Any] = {}
         self._gen_max: Optional[np.ndarray] = None
+        self.report = Report()  # report.html: collects every logged result (figures before they close)
 
     def run(self) -> dict[str, float]:
         cfg = self.cfg
@@ -93,6 +95,7 @@ class Runner:
                 metrics.update(result.metrics)
             if result.skip_reason:
                 self.skip_reason = result.skip_reason
+        self.job.log_result(self.report.result(self.resolved))
         return metrics
 
     def plan(self, stage: Stage) -> tuple[Optional[str], Callable[[], tuple[Any, StageResult]]]:
@@ -140,6 +143,7 @@ class Runner:
         return value
 
     def log(self, stage: Stage, result: StageResult) -> None:
+        self.report.collect(result)
         self.job.log_result(result)
         self.job.tag(f"featsweep.stage.{stage.value}", "done")
         if result.skip_reason:

@@ -118,6 +118,27 @@ def steering_scales(scale: SteeringScale | str, d_sae: int, gen_max: Optional[np
     return out
 
 
+def fill_zero_scales(scales: np.ndarray, steered, attrs=None) -> tuple[np.ndarray, int]:
+    """The zero-scale fallback (``steering.zero_scale_fallback``): a steered feature whose scale is 0 (with
+    ``gen_max``: never active on the generic text) would silently not be pushed at all. It gets its largest
+    activation on the task's prompts (its ``local_max``) instead; where that is 0 too, the median non-zero
+    scale of the steered features. Returns the new scales and how many steered features had scale 0."""
+    scales = np.asarray(scales, dtype=np.float64).copy()
+    steered = np.unique(np.asarray(list(steered), dtype=int))
+    zero = steered[scales[steered] <= 0]
+    if len(zero) == 0:
+        return scales, 0
+    local = steering_scales(SteeringScale.local_max, len(scales), None, attrs) if attrs is not None else np.zeros_like(scales)
+    scales[zero] = local[zero]
+    positive = scales[steered][scales[steered] > 0]
+    still = zero[scales[zero] <= 0]
+    if len(still) and len(positive):
+        scales[still] = float(np.median(positive))
+    log.warning("%d steered feature(s) had steering scale 0 (e.g. never active on the generic text); used their "
+                "task max activation (local_max), else the median steered scale.", len(zero))
+    return scales, int(len(zero))
+
+
 @torch.inference_mode()
 def mean_activations(subject, task, batch_size: int = 32) -> np.ndarray:
     """Mean SAE activation of every feature over the task's non-BOS positions ``[d_sae]`` (for mean_ablate)."""

@@ -6,6 +6,7 @@ Prompts have different lengths, so every batch holds prompts of one token length
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from featsweep.config import Contrast, MultiTokenPolicy
+from featsweep.config import Contrast, MultiTokenPolicy, TaskFilter
 from featsweep.errors import FeatsweepError
 from featsweep.results import StageResult
 
@@ -36,6 +37,8 @@ class Task:
     answer_ids: torch.Tensor  # [k] distinct answer tokens; used by contrast=mean_others
     contrast: Contrast
     prefix_len: int  # leading positions whose token is the same in every prompt (BOS, "Fact", ":")
+    n_filtered_out: int = 0  # prompts dropped by task.filter
+    filter_note: str = ""  # set when task.filter could not be applied
 
     @property
     def n(self) -> int:
@@ -186,7 +189,7 @@ def load_task(task_cfg, model, seed: int) -> Task:
         "incorrect_id": [ids[a] for a in rows["incorrect_text"]],
         "n_tokens": [len(t) for t in tokens],
     })
-    return Task(
+    task = Task(
         frame=frame,
         tokens=tokens,
         correct_ids=torch.tensor(frame["correct_id"].to_numpy()),
@@ -195,6 +198,26 @@ def load_task(task_cfg, model, seed: int) -> Task:
         contrast=Contrast(task_cfg.contrast),
         prefix_len=shared_prefix_len(tokens),
     )
+    if TaskFilter(getattr(task_cfg, "filter", TaskFilter.none)) is TaskFilter.correct_top1:
+        task = filter_correct_top1(model, task, task_cfg.batch_size)
+    return task
+
+
+def filter_correct_top1(model, task: Task, batch_size: int = 32) -> Task:
+    """The blog's filter: keep the prompts whose correct answer the model ranks first (``task.filter``).
+
+    With fewer than 2 such prompts (e.g. random weights) nothing is dropped and ``filter_note`` says why
+    (logged as the tag ``task.filter_skipped`` with a warning): correlations need at least 2 prompts."""
+    keep = np.flatnonzero(baseline_performance(model, task, batch_size)["rank"].to_numpy() == 0)
+    if len(keep) < 2:
+        note = (f"task.filter=correct_top1 not applied: only {len(keep)} of {task.n} prompts have the correct "
+                "answer ranked first (at least 2 are needed); all prompts kept.")
+        log.warning(note)
+        return dataclasses.replace(task, filter_note=note)
+    tokens = [task.tokens[i] for i in keep]
+    return dataclasses.replace(
+        task, frame=task.frame.iloc[keep].reset_index(drop=True), tokens=tokens, correct_ids=task.correct_ids[keep],
+        incorrect_ids=task.incorrect_ids[keep], prefix_len=shared_prefix_len(tokens), n_filtered_out=task.n - len(keep))
 
 
 @torch.inference_mode()
@@ -225,7 +248,10 @@ def task_stage(model, task: Task, batch_size: int) -> tuple[pd.DataFrame, StageR
             "task.mean_top10_entropy": float(table["top10_entropy"].mean()),
             "task.mean_logit_diff": float(table["logit_diff"].mean()),
             "task.prefix_len": float(task.prefix_len),
+            "task.n_filtered_out": float(task.n_filtered_out),
         },
         tables={"tables/task_baseline.parquet": table},
     )
+    if task.filter_note:
+        result.tags["task.filter_skipped"] = task.filter_note
     return table, result

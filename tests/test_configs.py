@@ -105,3 +105,16 @@ def test_each_section_checks_its_own_values(section, values, fragment):
         schema(**values)
     with pytest.raises(FeatsweepError, match=fragment):  # and through a composed config, as a run sees it
         checked(compose_with([f"{section}.{k}={'inf' if v == float('inf') else v}" for k, v in values.items()]))
+
+
+def test_seed_preset_is_the_blogs_setup_and_sweeps_its_factors():
+    from featsweep.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=seed"], return_hydra_config=True)
+    assert cfg.task.filter == "correct_top1" and cfg.clustering.recluster_kept is True
+    assert cfg.steering.factor_base == 2.0 and cfg.steering.factor == 10.0  # one run at the blog's factor 10
+    assert str(cfg.hydra.sweeper.params["steering.factor"]) == "0.1,1,2,5,10,20,30,40"
+    plain = checked(compose_with([]))
+    assert plain.task.filter.value == "none" and plain.steering.factor_base == 1.0 and not plain.clustering.recluster_kept

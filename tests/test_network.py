@@ -39,7 +39,7 @@ def planted(n_prompts=100, k=3, per=15, noise=0.5, seed=0):
 @pytest.mark.parametrize("algorithm", ["greedy_modularity", "louvain", "leiden"])
 def test_planted_partition_is_recovered(algorithm, tmp_path):
     matrix, truth = planted()
-    cfg = ClusteringConfig(algorithm=algorithm, threshold=0.7, edges="positive", n_null=5, n_bootstrap=5)
+    cfg = ClusteringConfig(algorithm=algorithm, threshold=0.7, edges="positive", n_null=5, n_bootstrap=5, n_rewire=5)
     gen_max = np.linspace(0, 1, 24576)
     net, result = network_stage(matrix, cfg, seed=0, gen_max=gen_max, neuronpedia_id="gpt2-small/7-res-jb",
                                 progress=False)
@@ -90,7 +90,7 @@ def test_permutation_null_on_noise():
 def test_noise_network_is_within_null(tmp_path):
     rng = np.random.default_rng(4)
     noise = pd.DataFrame(rng.normal(size=(100, 40)))
-    cfg = ClusteringConfig(threshold=0.2, edges="positive", n_null=30, n_bootstrap=0, min_cluster_size=2)
+    cfg = ClusteringConfig(threshold=0.2, edges="positive", n_null=30, n_bootstrap=0, min_cluster_size=2, n_rewire=0)
     net, result = network_stage(noise, cfg, 0, None, None, progress=False)
     assert result.metrics["network.n_edges"] > 0
     null = result.tables["tables/h1_null.parquet"]
@@ -126,7 +126,7 @@ def test_constant_features_are_dropped_and_counted(tmp_path):
     matrix, _ = planted(per=12, seed=2)
     matrix[5] = 1.5  # constant: no correlation exists
     matrix[6] = 0.0
-    net, result = network_stage(matrix, ClusteringConfig(n_null=0, n_bootstrap=0), 0, None, None,
+    net, result = network_stage(matrix, ClusteringConfig(n_null=0, n_bootstrap=0, n_rewire=0), 0, None, None,
                                 progress=False)
     assert result.metrics["network.n_constant_features"] == 2
     assert 5 not in net.graph and 6 not in net.corr.columns
@@ -142,7 +142,7 @@ def test_centralities_match_networkx_and_numpy():
         graph.add_edge(a, b, weight=w, distance=1 - w)
     frame, method = centralities(graph, weighted=True)
     frame = frame.set_index("feature")
-    assert method == "power_iteration"
+    assert method == "eigh"
     deg, btw = nx.degree_centrality(graph), nx.betweenness_centrality(graph, weight="distance")
     clo = nx.closeness_centrality(graph, distance="distance")
     for node in graph:
@@ -163,17 +163,38 @@ def test_centralities_match_networkx_and_numpy():
     np.testing.assert_allclose(path["closeness"], [2 / 3, 1.0, 2 / 3])
 
 
-def test_eigenvector_fallback_is_reported(monkeypatch):
-    def fail(*args, **kwargs):
-        raise nx.PowerIterationFailedConvergence(1000)
-
-    monkeypatch.setattr(graphmod.nx, "eigenvector_centrality", fail)
-    graph = nx.complete_graph(4)
-    nx.set_edge_attributes(graph, 1.0, "weight")
-    nx.set_edge_attributes(graph, 0.0, "distance")
+def test_eigenvector_per_component_matches_networkx_on_each_component():
+    # two weighted components and an isolated node: numpy's whole-graph solver raises AmbiguousSolution here
+    graph = nx.Graph()
+    for (a, b), w in {(0, 1): 0.9, (1, 2): 0.8, (0, 2): 0.7, (3, 4): 0.95, (4, 5): 0.6}.items():
+        graph.add_edge(a, b, weight=w, distance=1 - w)
+    graph.add_node(6)
+    with pytest.raises(nx.AmbiguousSolution):
+        nx.eigenvector_centrality_numpy(graph, weight="weight")
     frame, method = centralities(graph, weighted=True)
-    assert method == "numpy_fallback"
-    np.testing.assert_allclose(frame["eigenvector"], 0.5)  # unit-norm principal vector of K4
+    assert method == "eigh_per_component"
+    got = frame.set_index("feature")["eigenvector"]
+    for members in ({0, 1, 2}, {3, 4, 5}):
+        reference = nx.eigenvector_centrality(graph.subgraph(members), weight="weight", max_iter=1000, tol=1e-10)
+        for node in members:  # unit norm in the component, scaled by sqrt(component share)
+            assert got[node] == pytest.approx(reference[node] * np.sqrt(3 / 7), abs=1e-6)
+    assert got[6] == 0.0
+    assert np.linalg.norm(got) == pytest.approx(np.sqrt(6 / 7))
+
+
+def test_network_stage_runs_on_disconnected_planted_clusters(tmp_path):
+    # the crash case: 8 independent groups, 100 features, 100 prompts, threshold 0.3
+    rng = np.random.default_rng(0)
+    truth = np.arange(100) % 8
+    values = rng.normal(size=(100, 8))[:, truth] + 0.8 * rng.normal(size=(100, 100))
+    matrix = pd.DataFrame(values, columns=list(range(100)))
+    cfg = ClusteringConfig(threshold=0.3, min_cluster_size=5, n_null=2, n_bootstrap=2, n_rewire=2)
+    net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
+    assert result.metrics["network.n_components"] >= 2  # disconnected: whole-graph numpy eigen-solvers raise
+    assert result.tags["network.eigenvector_method"] in ("eigh_per_component", "per_component_lapack")
+    assert net.features["eigenvector"].notna().all() and (net.features["eigenvector"] > 0).all()
+    assert adjusted_rand_score(truth, [net.partition[f] for f in range(100)]) > 0.8
+    assert result.tags["h1.verdict"] in {"supported", "not_supported", "inconclusive"}
 
 
 def test_communities_modularity_and_seeding():
@@ -204,10 +225,10 @@ def test_attribution_metrics_match_pandas():
 
 def test_min_cluster_size_is_inclusive(tmp_path):
     matrix, _ = planted(per=15)
-    cfg = ClusteringConfig(min_cluster_size=15, n_null=0, n_bootstrap=0)
+    cfg = ClusteringConfig(min_cluster_size=15, n_null=0, n_bootstrap=0, n_rewire=0)
     net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
     assert len(net.kept_clusters) == 3 and result.skip_reason is None
-    cfg = ClusteringConfig(min_cluster_size=16, n_null=0, n_bootstrap=0)
+    cfg = ClusteringConfig(min_cluster_size=16, n_null=0, n_bootstrap=0, n_rewire=0)
     net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
     assert net is not None and net.kept_clusters == []
     assert "clustering.min_cluster_size" in result.skip_reason
@@ -236,7 +257,7 @@ def test_too_few_features_returns_none(tmp_path, n_features):
 def test_feature_cap_keeps_largest_mean_abs(tmp_path):
     matrix, _ = planted(per=10, seed=7)
     matrix = matrix * np.linspace(1, 3, matrix.shape[1])  # distinct scales
-    cfg = ClusteringConfig(max_features=12, min_cluster_size=2, n_null=0, n_bootstrap=0)
+    cfg = ClusteringConfig(max_features=12, min_cluster_size=2, n_null=0, n_bootstrap=0, n_rewire=0)
     net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
     expected = matrix.abs().mean().sort_values(ascending=False).index[:12]
     assert sorted(net.matrix.columns) == sorted(expected)

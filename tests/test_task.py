@@ -93,3 +93,29 @@ def test_baseline_metrics_match_a_plain_calculation(tiny_subject, contrast):
         assert row["top10_entropy"] == pytest.approx(entropy(np.exp(top10 - top10.max())), abs=1e-4)
         other = logits[w] if contrast is Contrast.random_other else logits[answers[answers != c]].mean()
         assert row["logit_diff"] == pytest.approx(logits[c] - other, abs=1e-4)
+
+
+def test_filter_keeps_prompts_ranked_first_and_counts_the_rest():
+    import torch
+
+    from featsweep.config import TaskFilter
+    from featsweep.task import task_stage
+    from helpers import athlete_texts, tiny_subject_from
+
+    subject = tiny_subject_from(athlete_texts())
+    full = load_task(TaskConfig(limit=30), subject.model, seed=0)
+    favoured = int(full.correct_ids[0])  # make one answer the model's top token everywhere
+    with torch.no_grad():
+        subject.model.unembed.b_U[favoured] += 1e4
+    kept = load_task(TaskConfig(limit=30, filter=TaskFilter.correct_top1), subject.model, seed=0)
+    ranks = baseline_performance(subject.model, full)["rank"].to_numpy()
+    assert list(kept.frame["prompt"]) == list(full.frame["prompt"][ranks == 0])
+    assert kept.n_filtered_out == 30 - kept.n == int((ranks != 0).sum()) > 0
+    assert (baseline_performance(subject.model, kept)["rank"] == 0).all()
+    _, result = task_stage(subject.model, kept, 8)
+    assert result.metrics["task.n_filtered_out"] == kept.n_filtered_out and result.metrics["task.accuracy"] == 1.0
+    with torch.no_grad():  # nothing ranked first: the filter is not applied, and says so
+        subject.model.unembed.b_U[favoured] -= 2e4
+    none = load_task(TaskConfig(limit=30, filter=TaskFilter.correct_top1), subject.model, seed=0)
+    assert none.n == 30 and none.n_filtered_out == 0 and "not applied" in none.filter_note
+    assert "task.filter_skipped" in task_stage(subject.model, none, 8)[1].tags
