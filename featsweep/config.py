@@ -195,7 +195,7 @@ class ClusteringConfig:
     algorithm: CommunityAlgorithm = CommunityAlgorithm.greedy_modularity
     resolution: float = 1.0
     min_cluster_size: int = 10  # keep clusters with >= this many features (inclusive)
-    n_null: int = 200  # permutation-null repeats (also the edge-matched null of the cluster tests)
+    n_null: int = 300  # permutation-null repeats (also the edge-matched null of the cluster tests)
     n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
     # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
     # run). Community detection runs 1 + 2 n_null + n_bootstrap times and greedy modularity grows
@@ -204,7 +204,7 @@ class ClusteringConfig:
     # features. null = no cap.
     max_features: Optional[int] = 2000
     # H1's graph-aware null: degree-preserving rewirings of the observed graph, reclustered (0 = off)
-    n_rewire: int = 200
+    n_rewire: int = 300
     # the blog's notebook: re-detect communities on the subgraph of the kept clusters, then keep again
     recluster_kept: bool = False
 
