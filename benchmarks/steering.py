@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from featsweep.config import Contrast, SteeringConfig  # noqa: E402
-from featsweep.steering import (Condition, SteeringEngine, auto_token_budget, reference_run,  # noqa: E402
-                                rows_per_chunk)
+from featsweep.steering import Condition, SteeringEngine, reference_run  # noqa: E402
+from featsweep.steering_tail import auto_token_budget, rows_per_chunk  # noqa: E402
 from featsweep.subject import Subject  # noqa: E402
 from featsweep.task import Task  # noqa: E402
 

@@ -51,8 +51,9 @@ import igraph as ig
 import numpy as np
 from scipy import linalg as sla
 from scipy import sparse
-from scipy import stats as sps
 from scipy.sparse import linalg as spla
+
+from featsweep.graph import correlate  # noqa: F401 (one definition of the correlation, shared with the reference)
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +69,6 @@ def _value(option) -> str:
 
 
 # ---- correlation and edges ----------------------------------------------------------------------------
-
-
-def correlate(values: np.ndarray, method="pearson") -> np.ndarray:
-    """Feature x feature correlation of a prompts x features array whose columns are not constant.
-
-    Pearson, or Spearman as the Pearson of the column ranks (average ranks for ties). One ``Z^T Z`` product
-    (BLAS ``syrk``), float64.
-    """
-    values = np.asarray(values, dtype=float)
-    if _value(method) == "spearman":
-        values = sps.rankdata(values, axis=0)
-    centred = values - values.mean(axis=0)
-    norms = np.sqrt((centred**2).sum(axis=0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = centred / norms
-        corr = z.T @ z
-    np.nan_to_num(corr, nan=0.0, copy=False)  # only reachable for constant columns, which callers drop
-    np.clip(corr, -1.0, 1.0, out=corr)
-    np.fill_diagonal(corr, 1.0)
-    return corr
 
 
 def _score(block: np.ndarray, edges) -> np.ndarray:

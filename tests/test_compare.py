@@ -58,7 +58,7 @@ def test_a_run_logs_csv_tables_its_task_as_a_dataset_and_who_ran_what(quick_swee
     table = pd.read_csv(client.download_artifacts(job.info.run_id, "tables/task_baseline.csv", str(work)))
     assert len(table) == 5
     [dataset] = job.inputs.dataset_inputs
-    assert dataset.dataset.name == "athletes" and [t.value for t in dataset.tags] == ["task"]
+    assert dataset.dataset.name == job.data.params["task.name"] and [t.value for t in dataset.tags] == ["task"]
     assert '"num_rows": 5' in dataset.dataset.profile
     tags = job.data.tags
     assert tags["featsweep.model.name"] == "organism:organism" and tags["featsweep.sae.hook_name"].startswith("blocks.")
@@ -116,13 +116,15 @@ def test_hypotheses_figure_leaves_out_what_does_not_vary():
 
 
 def test_a_sweep_after_a_single_run_summarises_the_run_that_stood_in_for_its_skipped_job(tmp_path):
-    proc = run_featsweep(tmp_path, *QUICK, "task.limit=5")  # steering.factor=10 by default
+    proc = run_featsweep(tmp_path, *QUICK, "task.limit=5", "steering.factor=10")
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_featsweep(tmp_path, "-m", *QUICK, "task.limit=5", "steering.factor=1,10,30")
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = mlflow_runs(tmp_path)
     parent = runs[runs["tags.featsweep.role"] == "sweep"].iloc[0]
-    assert (runs["tags.mlflow.parentRunId"] == parent["run_id"]).sum() == 2  # factor 10 was skipped (resume)
+    # factor 10 was skipped (resume) and its earlier run, which had no parent, adopted by the sweep
+    assert (runs["tags.mlflow.parentRunId"] == parent["run_id"]).sum() == 3
+    assert (runs["tags.featsweep.adopted_by"] == parent["run_id"]).sum() == 1
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     summary = pd.read_csv(client.download_artifacts(parent["run_id"], "compare/summary.csv", str(tmp_path)))
     assert summary["steering.factor"].tolist() == [1.0, 10.0, 30.0]

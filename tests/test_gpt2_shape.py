@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import QUICK, TASK_METRICS, artifacts, mlflow_runs, run_featsweep
+from helpers import mlflow_runs, run_featsweep
 
 pytestmark = pytest.mark.slow
 

@@ -216,7 +216,7 @@ def test_upload_logs_a_job_folder_into_a_store(tmp_path):
     client = MlflowClient(other)
     run = client.get_run(run_id)
     assert run_id != job.run_id and run.info.status == "FINISHED"
-    assert run.data.metrics == {"x.y": 2.5} and run.data.tags["x.tag"] == "v" and run.data.params["steering.factor"] == "10.0"
+    assert run.data.metrics == {"x.y": 2.5} and run.data.tags["x.tag"] == "v" and run.data.params["steering.factor"] == str(float(cfg.steering.factor))
     assert {"network/g.graphml", "config/config.yaml"} <= artifacts(client, run_id)
 
 

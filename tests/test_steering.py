@@ -267,7 +267,7 @@ def test_unsupported_blocks_use_transformer_lens():
 def test_token_budget_sets_rows_and_does_not_change_results(tiny_subject, tiny_task, setup):
     from types import SimpleNamespace as NS
 
-    from featsweep.steering import auto_token_budget, rows_per_chunk
+    from featsweep.steering_tail import auto_token_budget, rows_per_chunk
 
     gpt2 = NS(d_model=768, d_mlp=3072)
     organism = NS(d_model=128, d_mlp=512)

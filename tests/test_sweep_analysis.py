@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import QUICK, TASK_METRICS, artifacts, mlflow_runs, run_featsweep
+from helpers import artifacts, mlflow_runs, run_featsweep
 
 FAST = ["clustering.n_null=10", "clustering.n_bootstrap=5", "clustering.n_rewire=5", "steering.samples_per_size=6"]
 
