@@ -20,7 +20,7 @@ from featsweep.errors import FeatsweepError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump whenever a stage output changes shape or meaning: old entries are then never read
 
 
 def cache_key(stage: str, **parts: Any) -> str:

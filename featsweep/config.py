@@ -198,11 +198,11 @@ class ClusteringConfig:
     n_null: int = 300  # permutation-null repeats (also the edge-matched null of the cluster tests)
     n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
     # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
-    # run). Community detection runs 1 + 2 n_null + n_bootstrap times and greedy modularity grows
-    # superlinearly with the edges (benchmarks/network.py: 2,000 planted features x 1,000 prompts with 50 nulls
-    # and 30 bootstraps take about a minute of CPU on igraph); a random SAE at GPT-2 shape has ~15k varying
-    # features. null = no cap.
-    max_features: Optional[int] = 2000
+    # run). The observed graph, the permutation null and the bootstrap run on the compiled engine and take
+    # about a minute of CPU at 2,000 features (benchmarks/network.py), but H1's graph-aware nulls rewire and
+    # re-describe every null graph partly in networkx (double-edge swaps, centralities of the kept clusters),
+    # which is what bounds this; a random SAE at GPT-2 shape has ~15k varying features. null = no cap.
+    max_features: Optional[int] = 500
     # H1's graph-aware null: degree-preserving rewirings of the observed graph, reclustered (0 = off)
     n_rewire: int = 300
     # the blog's notebook: re-detect communities on the subgraph of the kept clusters, then keep again
