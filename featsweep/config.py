@@ -24,6 +24,9 @@ from featsweep.errors import FeatsweepError
 # it are absolute and shared by every job of a sweep.
 if not OmegaConf.has_resolver("fs_cwd"):
     OmegaConf.register_new_resolver("fs_cwd", lambda: os.getcwd())
+# `${fs_package:}` is the installed featsweep package's folder, for assets shipped inside it (sae=smollm2-res).
+if not OmegaConf.has_resolver("fs_package"):
+    OmegaConf.register_new_resolver("fs_package", lambda: os.path.dirname(os.path.abspath(__file__)))
 
 
 class Device(str, Enum):
@@ -48,11 +51,13 @@ class Stage(str, Enum):
 class ModelSource(str, Enum):
     organism = "organism"  # the small model shipped in featsweep/organism/assets
     transformer_lens = "transformer_lens"  # any HookedTransformer.from_pretrained name
+    gguf = "gguf"  # a GGUF file inside an installed Python package (model=smollm2; featsweep/gguf.py)
 
 
 class SaeSource(str, Enum):
     organism = "organism"
     sae_lens = "sae_lens"  # SAE.from_pretrained(release, sae_id)
+    local = "local"  # SAE.load_from_disk(path): a folder written by SAE Lens (sae=smollm2-res ships one per layer)
 
 
 class Contrast(str, Enum):
@@ -115,6 +120,7 @@ class SteeringPositions(str, Enum):
     all = "all"
     non_bos = "non_bos"
     last = "last"
+    non_prefix = "non_prefix"  # after the prompts' shared prefix (e.g. few-shot examples): what attribution measures
 
 
 class SteeringEngineKind(str, Enum):
@@ -134,6 +140,8 @@ class ModelConfig:
     name: str = "organism"  # TransformerLens name when source=transformer_lens
     random_init: bool = False  # random weights of the real shape, for offline tests
     assets_dir: Optional[str] = None  # organism weights; None = the shipped ones
+    package: Optional[str] = None  # source=gguf: the installed Python package holding the GGUF file
+    gguf_file: Optional[str] = None  # source=gguf: the file's name inside that package
 
 
 @dataclass
@@ -147,6 +155,7 @@ class SaeConfig:
     hook_name: Optional[str] = None  # where the SAE splices in; checked against the model
     d_sae: Optional[int] = None  # dictionary size, used by random_init
     random_init: bool = False
+    path: Optional[str] = None  # source=local: a folder saved by SAE Lens (cfg.json + sae_weights.safetensors)
 
 
 @dataclass
@@ -154,6 +163,9 @@ class TaskConfig:
     name: str = "athletes"
     path: Optional[str] = None  # CSV/JSONL; None = the packaged athletes file
     template: str = "Fact: {name} plays the sport of"
+    # Text put before every prompt, e.g. few-shot examples. It is the same in every prompt, so its positions
+    # belong to the shared prefix that attribution.exclude_prefix drops (like the blog's "Fact:").
+    prefix: str = ""
     subject_column: str = "name"
     answer_column: str = "answer"
     answer_prefix: str = " "  # answers are predicted as the next word, with its space

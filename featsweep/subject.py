@@ -22,6 +22,7 @@ from transformers import AutoTokenizer
 
 from featsweep.config import Device, DType, ModelSource, SaeSource
 from featsweep.errors import FeatsweepError
+from featsweep.gguf import load_gguf_model
 from featsweep.organism import ASSETS_DIR, load_organism, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,11 @@ def _random_model(name: str, device: str, dtype: torch.dtype, seed: int) -> tupl
 
 def load_model(model_cfg, device: str, dtype: torch.dtype, seed: int) -> tuple[HookedTransformer, dict[str, str], str]:
     """A TransformerLens model, pretrained or random of its shape. Return (model, notes, identity)."""
+    if ModelSource(model_cfg.source) is ModelSource.gguf:
+        if not model_cfg.package or not model_cfg.gguf_file:
+            raise FeatsweepError("model.source=gguf needs model.package and model.gguf_file (e.g. model=smollm2).")
+        model, identity = load_gguf_model(model_cfg.package, model_cfg.gguf_file, device, dtype)
+        return model, {"model.weights": "pretrained-gguf"}, identity
     if model_cfg.random_init:
         torch.manual_seed(seed)
         model, notes = _random_model(model_cfg.name, device, dtype, seed)
@@ -192,8 +198,25 @@ def random_sae(d_in: int, d_sae: int, encoder_gain: float = 1.0, bias_mean: floa
     return sae.eval()
 
 
+def load_local_sae(sae_cfg, device: str, dtype: torch.dtype) -> tuple[SAE, str, Optional[str], str]:
+    """An SAE saved by SAE Lens (``sae.save_model``) in the folder ``sae.path``."""
+    if not sae_cfg.path:
+        raise FeatsweepError("sae.source=local needs sae.path, a folder saved by SAE Lens (cfg.json + sae_weights.safetensors).")
+    path = Path(sae_cfg.path)
+    if not (path / "cfg.json").is_file():
+        layers = sorted(p.name for p in path.parent.glob("layer_*")) if path.parent.is_dir() else []
+        hint = f" This SAE family has: {', '.join(layers)} (sae.layer picks one)." if layers else ""
+        raise FeatsweepError(f"sae.path={path} holds no SAE saved by SAE Lens (no cfg.json).{hint}")
+    sae = SAE.load_from_disk(str(path), device=device, dtype=str(dtype).removeprefix("torch."))
+    weights = path / "sae_weights.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.exists() else "unknown"
+    return sae, sae.cfg.metadata.hook_name, None, f"local:{path.name}:{digest}"
+
+
 def load_sae(sae_cfg, model_cfg, device: str, dtype: torch.dtype, seed: int) -> tuple[SAE, str, Optional[str], str]:
     """Return (sae, hook_name, neuronpedia_id, identity)."""
+    if SaeSource(sae_cfg.source) is SaeSource.local:
+        return load_local_sae(sae_cfg, device, dtype)
     if not sae_cfg.release or not sae_cfg.sae_id:
         raise FeatsweepError("sae.source=sae_lens needs sae.release and sae.sae_id (e.g. sae=gpt2-small-res-jb).")
     entry = _registry_entry(sae_cfg.release)
@@ -322,6 +345,10 @@ def load_subject(cfg) -> Subject:
     if cfg.sae.hook_name and cfg.sae.hook_name != hook_name:
         raise FeatsweepError(f"sae.hook_name='{cfg.sae.hook_name}' disagrees with the SAE's own hook '{hook_name}'.")
     layer = check_fit(model, sae, hook_name)
+    trained_on = getattr(sae.cfg.metadata, "model_name", None)
+    if SaeSource(cfg.sae.source) is SaeSource.local and trained_on and trained_on != model.cfg.model_name:
+        raise FeatsweepError(f"The SAE at sae.path={cfg.sae.path} was trained on model '{trained_on}', not on "
+                             f"'{model.cfg.model_name}'. Pick an SAE trained on this model (e.g. sae=smollm2-res).")
     if cfg.sae.layer is not None and cfg.sae.layer != layer:
         raise FeatsweepError(f"sae.layer={cfg.sae.layer} disagrees with the SAE's hook '{hook_name}' (layer {layer}).")
     model.eval()

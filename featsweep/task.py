@@ -178,7 +178,11 @@ def load_task(task_cfg, model, seed: int) -> Task:
     # Seeded incorrect answer: uniform over the task's other answers (fixes the original's unseeded draw).
     rng = np.random.default_rng(seed)
     rows["incorrect_text"] = [rng.choice([a for a in answers if a != ans]) for ans in rows["answer_text"]]
-    prompts = [_prompt(task_cfg.template, row, task_cfg.subject_column) for _, row in rows.iterrows()]
+    prompts = [task_cfg.prefix + _prompt(task_cfg.template, row, task_cfg.subject_column) for _, row in rows.iterrows()]
+    in_prefix = [s for s in rows[task_cfg.subject_column].astype(str) if task_cfg.prefix and s in task_cfg.prefix]
+    if in_prefix:
+        log.warning("task.prefix names %d of the task's own subjects (%s): their prompts show the answer. Use "
+                    "examples that are not in the task.", len(in_prefix), ", ".join(in_prefix[:5]))
     tokens = [model.to_tokens(p, prepend_bos=True)[0].cpu() for p in prompts]
     frame = pd.DataFrame({
         "prompt": prompts,
