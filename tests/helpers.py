@@ -135,3 +135,40 @@ QUICK = ["stages=[task]"]
 TASK_METRICS = ["task.n_prompts", "task.accuracy", "task.mean_prob", "task.mean_rank", "task.mean_top10_entropy"]
 
 
+
+
+def llama_subject(seed: int = 0) -> Subject:
+    """A small random Llama-style model (RMSNorm, rotary positions, grouped-query attention with 2 key/value
+    heads for 4 query heads, gated SiLU MLP) with a random SAE at blocks.1, the shape of SmolLM2 in miniature."""
+    torch.manual_seed(seed)
+    cfg = HookedTransformerConfig(n_layers=3, d_model=48, n_heads=4, n_key_value_heads=2, d_head=12, d_mlp=64,
+                                  d_vocab=60, n_ctx=32, act_fn="silu", gated_mlp=True, normalization_type="RMS",
+                                  final_rms=True, positional_embedding_type="rotary", rotary_dim=12,
+                                  rotary_adjacent_pairs=False, rotary_base=10000, seed=seed, device="cpu",
+                                  original_architecture="LlamaForCausalLM")
+    model = HookedTransformer(cfg).eval()
+    return Subject(model=model, sae=random_sae(48, 64, bias_mean=-0.2), hook_name=TINY_HOOK, layer=1,
+                   identity="llama-test")
+
+
+def assert_engine_matches_reference(subject, task, cfg, scales, conditions, means=None, engine=None,
+                                    atol: float = 1e-4) -> None:
+    """The fast engine and the plain reference hook give the same task performance under ``conditions``, and
+    the intervention changes the output (so the comparison is not vacuous)."""
+    from featsweep.config import SteeringConfig
+    from featsweep.steering import Condition, SteeringEngine, reference_run
+    from featsweep.task import PERFORMANCE_COLUMNS
+
+    ref = reference_run(subject, task, cfg, scales, conditions, means)
+    engine = engine or SteeringEngine(subject, task, cfg, scales, means)
+    eng = engine.run(conditions, progress=False)
+    for name in PERFORMANCE_COLUMNS:
+        assert eng[name].shape == (len(conditions), task.n)
+    np.testing.assert_allclose(eng["logit_diff"], ref["logit_diff"], atol=atol, rtol=0)
+    np.testing.assert_allclose(eng["logit"], ref["logit"], atol=atol, rtol=0)
+    np.testing.assert_allclose(eng["prob"], ref["prob"], atol=atol / 10, rtol=1e-4)
+    np.testing.assert_allclose(eng["top10_entropy"], ref["top10_entropy"], atol=atol, rtol=0)
+    assert np.abs(eng["rank"] - ref["rank"]).max() <= 1  # ties at float precision may swap one place
+    untouched = SteeringConfig(mode="negative", positions=cfg.positions)
+    base = reference_run(subject, task, untouched, scales, [Condition(conditions[0].features, 0.0)])["logit_diff"]
+    assert np.abs(ref["logit_diff"] - base).max() > 1e-3

@@ -19,7 +19,7 @@ from featsweep.errors import FeatsweepError
 from featsweep.steering import (Condition, SteeringEngine, mean_activations, reference_run, run_conditions,
                                 steering_scales)
 from featsweep.task import PERFORMANCE_COLUMNS, baseline_performance
-from helpers import fake_attrs, resid_grads
+from helpers import assert_engine_matches_reference, fake_attrs, llama_subject, resid_grads
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["negative", "zero_ablate", "mean_ablate"]
@@ -43,18 +43,7 @@ def setup(tiny_subject, tiny_task):
 def test_engine_matches_reference(tiny_subject, tiny_task, setup, mode, scale, positions):
     cfg = SteeringConfig(mode=mode, scale=scale, positions=positions, batch_size=8)  # chunks split prompts too
     scales = steering_scales(scale, tiny_subject.d_sae, setup.gen_max, setup.attrs)
-    ref = reference_run(tiny_subject, tiny_task, cfg, scales, setup.conditions, setup.means)
-    eng = SteeringEngine(tiny_subject, tiny_task, cfg, scales, setup.means).run(setup.conditions, progress=False)
-    for name in PERFORMANCE_COLUMNS:
-        assert eng[name].shape == (len(setup.conditions), tiny_task.n)
-    np.testing.assert_allclose(eng["logit_diff"], ref["logit_diff"], atol=1e-4, rtol=0)
-    np.testing.assert_allclose(eng["logit"], ref["logit"], atol=1e-4, rtol=0)
-    np.testing.assert_allclose(eng["prob"], ref["prob"], atol=1e-5, rtol=1e-4)
-    np.testing.assert_allclose(eng["top10_entropy"], ref["top10_entropy"], atol=1e-4, rtol=0)
-    assert np.abs(eng["rank"] - ref["rank"]).max() <= 1  # ties at float precision may swap one place
-    # the comparison is not vacuous: the intervention changes the output
-    base = baseline_performance(tiny_subject.model, tiny_task)["logit_diff"].to_numpy()
-    assert np.abs(ref["logit_diff"] - base[None, :]).max() > 1e-3
+    assert_engine_matches_reference(tiny_subject, tiny_task, cfg, scales, setup.conditions, setup.means)
 
 
 @pytest.mark.parametrize("positions", ["all", "non_bos"])
@@ -283,3 +272,39 @@ def test_token_budget_sets_rows_and_does_not_change_results(tiny_subject, tiny_t
     np.testing.assert_allclose(outs[1], outs[2], atol=2e-5)
     with pytest.raises(FeatsweepError, match="token_budget"):
         SteeringEngine(tiny_subject, tiny_task, SteeringConfig(token_budget=0), scales)
+
+
+# ---- a modern architecture: rotary positions, RMSNorm, grouped-query attention, gated MLP (issue 14) ---------
+
+
+def shared_prefix_task(vocab: int, prefix: int = 4, n: int = 9, seed: int = 0):
+    """``random_task`` whose prompts start with the same ``prefix`` tokens (a few-shot prefix in miniature)."""
+    from featsweep.task import shared_prefix_len
+
+    task = random_task(vocab, n, seed)
+    head = torch.randint(0, vocab - 1, (prefix - 1,), generator=torch.Generator().manual_seed(seed + 1))
+    task.tokens = [torch.cat([t[:1], head, t[1:]]) for t in task.tokens]
+    task.prefix_len = shared_prefix_len(task.tokens)
+    return task
+
+
+@pytest.fixture(scope="module")
+def llama():
+    subject = llama_subject()
+    task = shared_prefix_task(subject.model.cfg.d_vocab)
+    gen_max = np.random.default_rng(2).uniform(0.5, 3.0, subject.d_sae)
+    return SimpleNamespace(subject=subject, task=task, gen_max=gen_max, attrs=fake_attrs(subject, task),
+                           means=mean_activations(subject, task))
+
+
+@pytest.mark.parametrize("mode,scale,positions", list(itertools.product(MODES, SCALES, POSITIONS + ["non_prefix"])))
+def test_engine_matches_reference_on_llama_blocks(llama, mode, scale, positions):
+    """Rotary keys are cached unrotated and rotated with the query's offset, so the frozen clean keys/values
+    and the last-block shortcut stay exact on Llama-style blocks (TransformerLens blocks, not the fused tail)."""
+    assert llama.task.prefix_len >= 4
+    scales = steering_scales(scale, llama.subject.d_sae, llama.gen_max, llama.attrs)
+    conds = [Condition((3,), 4.0), Condition((5, 11), -3.0), Condition((40, 3, 7), 2.0)]
+    cfg = SteeringConfig(mode=mode, scale=scale, positions=positions, token_budget=24)
+    engine = SteeringEngine(llama.subject, llama.task, cfg, scales, llama.means)
+    assert not engine.fused and engine._kv_shortcut
+    assert_engine_matches_reference(llama.subject, llama.task, cfg, scales, conds, llama.means, engine=engine)
