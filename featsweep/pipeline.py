@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -88,7 +89,11 @@ class Runner:
                     self.job.tag(f"featsweep.stage.{stage.value}", f"skipped: {self.skip_reason}")
                 continue
             key, compute = self.plan(stage)
+            start = time.perf_counter()
             output, result = self.run_stage(stage, key, compute)
+            seconds = time.perf_counter() - start
+            self.job.tag(f"featsweep.seconds.{stage.value}", f"{seconds:.1f}")  # a tag: reruns compare metrics
+            log.info("Stage %s: %.1f s", stage.value, seconds)
             self.outputs[stage] = output
             if stage in self.stages:
                 self.log(stage, result)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import re
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -207,7 +208,10 @@ def load_local_sae(sae_cfg, device: str, dtype: torch.dtype) -> tuple[SAE, str, 
         layers = sorted(p.name for p in path.parent.glob("layer_*")) if path.parent.is_dir() else []
         hint = f" This SAE family has: {', '.join(layers)} (sae.layer picks one)." if layers else ""
         raise FeatsweepError(f"sae.path={path} holds no SAE saved by SAE Lens (no cfg.json).{hint}")
-    sae = SAE.load_from_disk(str(path), device=device, dtype=str(dtype).removeprefix("torch."))
+    with warnings.catch_warnings():
+        # it asks for a model loaded without weight processing, which is how featsweep loads every model
+        warnings.filterwarnings("ignore", message=".*model_from_pretrained_kwargs.*")
+        sae = SAE.load_from_disk(str(path), device=device, dtype=str(dtype).removeprefix("torch."))
     weights = path / "sae_weights.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.exists() else "unknown"
     return sae, sae.cfg.metadata.hook_name, None, f"local:{path.name}:{digest}"
@@ -258,6 +262,15 @@ def _d_in_for(model_cfg) -> int:
     if shape is None:
         raise FeatsweepError(f"sae.random_init=true needs a known model shape; '{model_cfg.name}' is not one of {sorted(KNOWN_SHAPES)}.")
     return shape["d_model"]
+
+
+def fold_decoder_norms(sae: SAE) -> None:
+    """Attribution and steering write feature i's contribution as ``a_i * W_dec[i]``. A TopK SAE that rescales
+    its activations by the decoder norms (``rescale_acts_by_decoder_norm``) gets them folded into the weights
+    instead: the same encode and decode, and then that decomposition holds."""
+    if getattr(sae.cfg, "rescale_acts_by_decoder_norm", False):
+        sae.fold_W_dec_norm()
+        sae.cfg.rescale_acts_by_decoder_norm = False
 
 
 def check_fit(model: HookedTransformer, sae: SAE, hook_name: str) -> int:
@@ -345,6 +358,7 @@ def load_subject(cfg) -> Subject:
     if cfg.sae.hook_name and cfg.sae.hook_name != hook_name:
         raise FeatsweepError(f"sae.hook_name='{cfg.sae.hook_name}' disagrees with the SAE's own hook '{hook_name}'.")
     layer = check_fit(model, sae, hook_name)
+    fold_decoder_norms(sae)
     trained_on = getattr(sae.cfg.metadata, "model_name", None)
     if SaeSource(cfg.sae.source) is SaeSource.local and trained_on and trained_on != model.cfg.model_name:
         raise FeatsweepError(f"The SAE at sae.path={cfg.sae.path} was trained on model '{trained_on}', not on "

@@ -120,3 +120,24 @@ def test_missing_gguf_file_and_local_sae_folder_are_named(tmp_path):
     cfg = compose_with(["sae=smollm2-res", f"sae.path={tmp_path}/layer_9"])
     with pytest.raises(FeatsweepError, match=r"no SAE saved by SAE Lens.*layer_3 \(sae.layer picks one\)"):
         load_local_sae(cfg.sae, "cpu", torch.float32)
+
+
+def test_fold_decoder_norms_keeps_the_sae_and_makes_contributions_a_times_w_dec():
+    from sae_lens import TopKSAE, TopKSAEConfig
+
+    from featsweep.subject import fold_decoder_norms
+
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(d_in=16, d_sae=64, k=4, rescale_acts_by_decoder_norm=True))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_()
+        sae.W_dec.mul_(torch.rand(64, 1) * 3 + 0.2)  # decoder rows far from unit norm
+    x = torch.randn(5, 16)
+    acts, recon = sae.encode(x), sae.decode(sae.encode(x))
+    assert not torch.allclose(acts @ sae.W_dec + sae.b_dec, recon, atol=1e-3)  # a * W_dec is not the decoder yet
+    fold_decoder_norms(sae)
+    assert not sae.cfg.rescale_acts_by_decoder_norm
+    torch.testing.assert_close(sae.encode(x), acts, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae.decode(sae.encode(x)), recon, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae.encode(x) @ sae.W_dec + sae.b_dec, recon, atol=1e-5, rtol=1e-5)
