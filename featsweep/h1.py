@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from featsweep import plots
 from featsweep.config import ClusteringConfig
 from featsweep import graph_engine
-from featsweep.graph import (centralities, correlate, detect_communities, edge_list, eigenvector_per_component,
-                             partition_modularity, top_pairs_graph)
+from featsweep.graph import (centralities, correlate, detect_communities, edge_list, partition_modularity,
+                             top_pairs_graph)
 from featsweep.graph import cluster_matrix as reference_cluster_matrix
 from featsweep.results import Network, StageResult
 from featsweep.stats import H1_METRICS, adjust_pvalues, anova_kruskal_columns, cluster_tests, null_summary
@@ -100,21 +100,23 @@ def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, pro
             corr = graph_engine.correlate(shuffled[:, keep], cfg.method)
             if recluster:
                 i, j, r = graph_engine.threshold_edges(corr, cfg.threshold, cfg.edges)
-                g = graph_engine.build(len(feats), i, j, r, cfg.edges)
+                g = graph_engine.build(len(feats), i, j, r, cfg.edges, full=False)
                 part = graph_engine.communities(g, cfg.algorithm, weighted, cfg.resolution, seed + draw, feats)
                 row["n_edges"] = g.ecount()
                 row["modularity"] = 0.0 if g.ecount() == 0 else graph_engine.modularity(g, part, weighted, cfg.resolution)
             else:
                 row["n_edges"] = graph_engine.count_edges(corr, cfg.threshold, cfg.edges)
             if match_edges:
+                tested = table is not None and bool(metrics)
                 i, j, r = graph_engine.top_pairs(corr, match_edges, cfg.edges)
-                g = graph_engine.build(len(feats), i, j, r, cfg.edges)
+                g = graph_engine.build(len(feats), i, j, r, cfg.edges, full=tested)  # distances for the tests
                 membership = graph_engine.communities(g, cfg.algorithm, weighted, cfg.resolution, seed + draw, feats)
                 row["matched_modularity"] = graph_engine.modularity(g, membership, weighted, cfg.resolution)
-                if table is not None and metrics:  # the cluster tests need the graph's centralities
-                    part = dict(zip(feats, membership.tolist()))
-                    row.update(_matched_tests(graph_engine.to_networkx(feats, g), part, shuffled, features, table,
-                                              metrics, cfg, seed + draw))
+                if tested:  # the cluster tests need the graph's centralities
+                    # the draw's correlation gives abs_corr when no column was constant (shuffling keeps values)
+                    full_corr = corr if keep.all() else correlate(shuffled, cfg.method)
+                    row.update(_engine_matched_tests(g, membership, feats, full_corr, features, table, metrics, cfg,
+                                                     seed + draw))
             rows.append(row)
             continue
         if recluster:
@@ -139,7 +141,7 @@ def _matched_tests(graph: nx.Graph, first: dict[int, int], shuffled: np.ndarray,
     out = {f"{k}:{m}": np.nan for k in "FH" for m in metrics}
     if len(kept) < 2:
         return out
-    central = null_centralities(graph, cfg.weighted)
+    central = centralities(graph, cfg.weighted)[0]
     table = features.set_index("feature").loc[central["feature"]].reset_index()
     table[["degree", "betweenness", "closeness", "eigenvector"]] = central[["degree", "betweenness", "closeness",
                                                                               "eigenvector"]].to_numpy()
@@ -150,6 +152,31 @@ def _matched_tests(graph: nx.Graph, first: dict[int, int], shuffled: np.ndarray,
     clusters = np.array([partition.get(f, -1) for f in table["feature"]])
     in_kept = np.isin(clusters, kept)
     f_stat, h_stat = anova_kruskal_columns(table.loc[in_kept, metrics].to_numpy(dtype=float), clusters[in_kept])
+    out.update({f"F:{m}": float(v) for m, v in zip(metrics, f_stat)})
+    out.update({f"H:{m}": float(v) for m, v in zip(metrics, h_stat)})
+    return out
+
+
+def _engine_matched_tests(g: ig.Graph, membership: np.ndarray, feats: list[int], corr: np.ndarray,
+                          columns: list[int], features: pd.DataFrame, metrics: list[str], cfg: ClusteringConfig,
+                          seed: int) -> dict[str, float]:
+    """:func:`_matched_tests` on :mod:`featsweep.graph_engine`: ``g``'s vertex k is ``feats[k]``; ``corr`` is the
+    shuffled matrix's correlation over ``columns``. Only the centralities among ``metrics`` are computed."""
+    out = {f"{k}:{m}": np.nan for k in "FH" for m in metrics}
+    membership, kept = graph_engine.kept_membership(g, membership, cfg.min_cluster_size, cfg.recluster_kept,
+                                                    cfg.algorithm, cfg.weighted, cfg.resolution, seed, feats)
+    if len(kept) < 2:
+        return out
+    central, _ = graph_engine.centralities(g, cfg.weighted, [m for m in graph_engine.CENTRALITIES if m in metrics])
+    table = features.set_index("feature").loc[feats]
+    for name, values in central.items():
+        table[name] = values
+    if "abs_corr" in metrics:
+        order = {f: k for k, f in enumerate(columns)}  # corr's column order
+        idx = [order[f] for f in feats]
+        table["abs_corr"] = (np.abs(corr[idx]).sum(axis=1) - 1.0) / max(len(order) - 1, 1)
+    in_kept = np.isin(membership, kept)
+    f_stat, h_stat = anova_kruskal_columns(table[metrics].to_numpy(dtype=float)[in_kept], membership[in_kept])
     out.update({f"F:{m}": float(v) for m, v in zip(metrics, f_stat)})
     out.update({f"H:{m}": float(v) for m, v in zip(metrics, h_stat)})
     return out
@@ -166,14 +193,20 @@ def bootstrap_stability(matrix: pd.DataFrame, partition: dict[int, int], cfg: Cl
     for draw in tqdm(range(cfg.n_bootstrap), desc="H1 bootstrap", leave=False, disable=not progress):
         sample = values[rng.integers(0, len(values), size=len(values))]
         if engine == "igraph":
-            n_edges, boot, _ = cluster_matrix(sample, features, cfg, seed + draw, engine)
-            if cfg.recluster_kept:  # re-clustering the kept subset needs the graph itself
-                graph, boot, _ = reference_cluster_matrix(sample, features, cfg, seed + draw)
+            c = graph_engine.cluster_values(sample, cfg.method, cfg.threshold, cfg.edges, cfg.algorithm, cfg.weighted,
+                                            cfg.resolution, seed + draw, features)
+            feats = [f for f, k in zip(features, c.keep) if k]
+            membership = c.membership
+            if cfg.recluster_kept:
+                membership, _ = graph_engine.kept_membership(c.graph, membership, cfg.min_cluster_size, True,
+                                                             cfg.algorithm, cfg.weighted, cfg.resolution, seed + draw,
+                                                             feats)
+            n_edges, boot = c.n_edges, dict(zip(feats, membership.tolist()))
         else:
             graph, boot, _ = reference_cluster_matrix(sample, features, cfg, seed + draw)
             n_edges = graph.number_of_edges()
-        if cfg.recluster_kept:
-            boot, _ = kept_partition(graph, cfg, seed + draw, boot)
+            if cfg.recluster_kept:
+                boot, _ = kept_partition(graph, cfg, seed + draw, boot)
         common = [f for f in features if f in boot and f in partition]
         ari = adjusted_rand_score([partition[f] for f in common], [boot[f] for f in common]) if common else np.nan
         rows.append({"draw": draw, "ari": float(ari), "n_common": len(common), "n_edges": n_edges})
@@ -196,7 +229,7 @@ def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_ma
     if len(kept) >= 2:
         tests = cluster_tests(network.features, metrics, clusters=kept)
         if cfg.n_rewire > 0:
-            rewired = rewired_null(network, cfg, seed, metrics, progress)
+            rewired = rewired_null(network, cfg, seed, metrics, progress, engine)
             tests = null_pvalues(tests, rewired)
             result.tables["tables/h1_rewired_null.parquet"] = rewired
         if null is not None and f"F:{metrics[0]}" in null:
@@ -247,10 +280,11 @@ def _kept(partition: dict[int, int], min_size: int) -> list[int]:
     return sorted(int(c) for c, size in sizes.items() if size >= min_size)
 
 
-def rewire(graph: nx.Graph, seed: int) -> nx.Graph:
-    """A degree-preserving random rewiring: ``10 * n_edges`` double-edge swaps (fewer where no more are
-    possible, e.g. a near-complete graph), then the observed edge attributes dealt out to the edges at random,
-    so the weight distribution is kept and its link to the structure is broken."""
+def rewire_reference(graph: nx.Graph, seed: int) -> nx.Graph:
+    """The networkx reference of :func:`featsweep.graph_engine.rewire`: ``10 * n_edges`` double-edge swaps
+    (``nx.double_edge_swap``; fewer where no more are possible, e.g. a near-complete graph), then the observed
+    edge attributes dealt out to the edges at random, so the weight distribution is kept and its link to the
+    structure is broken."""
     rng = np.random.default_rng(seed)
     rewired = graph.copy()
     attrs = [dict(d) for _, _, d in graph.edges(data=True)]
@@ -266,49 +300,49 @@ def rewire(graph: nx.Graph, seed: int) -> nx.Graph:
     return rewired
 
 
-def rewired_null(network: Network, cfg: ClusteringConfig, seed: int, metrics: list[str], progress: bool = True
-                 ) -> pd.DataFrame:
+def rewired_null(network: Network, cfg: ClusteringConfig, seed: int, metrics: list[str], progress: bool = True,
+                 engine: str = "igraph") -> pd.DataFrame:
     """ANOVA F and Kruskal H of every metric across the kept clusters of ``clustering.n_rewire`` rewired,
     reclustered graphs (see the module docstring). One row per draw and metric (F, H NaN when the draw has
-    fewer than 2 kept clusters)."""
+    fewer than 2 kept clusters). ``engine="igraph"``: rewiring, communities and centralities on
+    :mod:`featsweep.graph_engine` (only the centralities among ``metrics``); ``"networkx"``: the reference
+    (:func:`rewire_reference`, :func:`kept_partition`, ``featsweep.graph.centralities``). The two draw the same
+    seeds but not the same random swaps."""
     rng = np.random.default_rng([seed, 3])
     fixed = network.features.drop(columns=["cluster", "kept", "degree", "betweenness", "closeness", "eigenvector"])
+    if engine == "igraph":
+        g0, nodes = graph_engine.from_networkx(network.graph)
+        table = fixed.set_index("feature").loc[nodes]
+        wanted = [m for m in graph_engine.CENTRALITIES if m in metrics]
     rows = []
     for draw in tqdm(range(cfg.n_rewire), desc="H1 rewired null", leave=False, disable=not progress):
-        graph = rewire(network.graph, int(rng.integers(2**31)))
-        partition, kept = kept_partition(graph, cfg, seed + draw)
         f_stat = h_stat = np.full(len(metrics), np.nan)
-        if len(kept) >= 2:
-            central = null_centralities(graph, cfg.weighted)
-            table = central.merge(fixed, on="feature")
-            clusters = np.array([partition[f] for f in table["feature"]])
-            in_kept = np.isin(clusters, kept)
-            f_stat, h_stat = anova_kruskal_columns(table.loc[in_kept, metrics].to_numpy(dtype=float), clusters[in_kept])
+        if engine == "igraph":
+            g = graph_engine.rewire(g0, int(rng.integers(2**31)))
+            first = graph_engine.communities(g, cfg.algorithm, cfg.weighted, cfg.resolution, seed + draw, nodes)
+            membership, kept = graph_engine.kept_membership(g, first, cfg.min_cluster_size, cfg.recluster_kept,
+                                                            cfg.algorithm, cfg.weighted, cfg.resolution, seed + draw,
+                                                            nodes)
+            if len(kept) >= 2:
+                central, _ = graph_engine.centralities(g, cfg.weighted, wanted)
+                for name, values in central.items():
+                    table[name] = values
+                in_kept = np.isin(membership, kept)
+                f_stat, h_stat = anova_kruskal_columns(table[metrics].to_numpy(dtype=float)[in_kept],
+                                                       membership[in_kept])
+        else:
+            graph = rewire_reference(network.graph, int(rng.integers(2**31)))
+            partition, kept = kept_partition(graph, cfg, seed + draw)
+            if len(kept) >= 2:
+                central = centralities(graph, cfg.weighted)[0]
+                merged = central.merge(fixed, on="feature")
+                clusters = np.array([partition[f] for f in merged["feature"]])
+                in_kept = np.isin(clusters, kept)
+                f_stat, h_stat = anova_kruskal_columns(merged.loc[in_kept, metrics].to_numpy(dtype=float),
+                                                       clusters[in_kept])
         rows += [{"draw": draw, "metric": m, "n_kept": len(kept), "anova_F": float(f), "kruskal_H": float(h)}
                  for m, f, h in zip(metrics, f_stat, h_stat)]
     return pd.DataFrame(rows, columns=["draw", "metric", "n_kept", "anova_F", "kruskal_H"])
-
-
-def null_centralities(graph: nx.Graph, weighted: bool) -> pd.DataFrame:
-    """The centralities of ``featsweep.graph.centralities`` for the null graphs, with igraph's compiled
-    shortest paths (the nulls compute them hundreds of times; networkx's pure-Python betweenness takes
-    seconds on a dense 500-node graph). Normalised as networkx: betweenness by ``(n-1)(n-2)/2``, closeness
-    by Wasserman-Faust ``(r-1)/sum(d) * (r-1)/(n-1)`` over the ``r`` reachable nodes. Checked against the
-    networkx reference in tests; graphs with a zero path length (|r| = 1) use the reference."""
-    nodes = list(graph.nodes)
-    n = len(nodes)
-    lengths = [d["distance"] for _, _, d in graph.edges(data=True)] if weighted else None
-    if n < 3 or graph.number_of_edges() == 0 or (lengths and min(lengths) <= 0):
-        return centralities(graph, weighted)[0]
-    index = {node: k for k, node in enumerate(nodes)}
-    g = ig.Graph(n=n, edges=[(index[a], index[b]) for a, b in graph.edges])
-    betweenness = np.asarray(g.betweenness(directed=False, weights=lengths)) / ((n - 1) * (n - 2) / 2)
-    reach = np.bincount(g.connected_components().membership)[g.connected_components().membership]
-    closeness = np.nan_to_num(np.asarray(g.closeness(weights=lengths, normalized=True), dtype=float))
-    eigen, _ = eigenvector_per_component(graph, "weight" if weighted else None)
-    return pd.DataFrame({"feature": nodes, "degree": np.asarray(g.degree(), dtype=float) / (n - 1),
-                         "betweenness": betweenness, "closeness": closeness * (reach - 1) / (n - 1),
-                         "eigenvector": [eigen[node] for node in nodes]})
 
 
 def null_pvalues(tests: pd.DataFrame, null: pd.DataFrame, method: str = "bonferroni", prefix: str = "") -> pd.DataFrame:
