@@ -207,9 +207,14 @@ class ClusteringConfig:
     n_rewire: int = 300
     # the blog's notebook: re-detect communities on the subgraph of the kept clusters, then keep again
     recluster_kept: bool = False
+    # worker processes for the null and bootstrap draws (the same numbers as in process); null = every core
+    # for networks of 400+ features, in process below (featsweep.h1.draw_jobs)
+    n_jobs: Optional[int] = None
 
     def __post_init__(self) -> None:
         _at_least("clustering.n_rewire", self.n_rewire, 0)
+        if self.n_jobs is not None:
+            _at_least("clustering.n_jobs", self.n_jobs, 1)
         if not 0 < self.threshold <= 1:
             _bad("clustering.threshold", self.threshold, "use a correlation in (0, 1], e.g. clustering.threshold=0.3")
         _at_least("clustering.min_cluster_size", self.min_cluster_size, 1)

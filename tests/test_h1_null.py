@@ -16,8 +16,8 @@ from featsweep import graph_engine
 from featsweep.config import ClusteringConfig
 from featsweep.graph import detect_communities
 from featsweep.graph import centralities
-from featsweep.h1 import (h1_statistics, kept_partition, null_pvalues, permutation_null, rewire_reference,
-                          rewired_null)
+from featsweep.h1 import (bootstrap_stability, draw_jobs, h1_statistics, kept_partition, null_pvalues, permutation_null,
+                          rewire_reference, rewired_null)
 from featsweep.network import build_network
 from featsweep.stats import anova_kruskal_columns
 
@@ -196,3 +196,23 @@ def test_graph_aware_nulls_are_calibrated_where_nominal_anova_is_not():
     assert np.mean(matched < 0.05) <= 0.10
     assert np.mean(rewired < 0.05) <= 0.15  # rewiring alone is somewhat liberal on correlation graphs
     assert np.mean(nominal < 0.05) >= 0.25  # the circular test rejects far more often
+
+
+def test_draws_on_a_process_pool_give_the_serial_numbers():
+    # the shuffles, resamples and rewiring seeds are drawn in the caller's order; each draw is a pure function of
+    # them, so two worker processes must reproduce the in-process tables exactly (not to a tolerance)
+    cfg = ClusteringConfig(threshold=0.25, min_cluster_size=4, n_null=4, n_bootstrap=3, n_rewire=4, n_jobs=2)
+    network = _planted_network(cfg)
+    metrics = CENTRALITY + ["abs_corr", "std"]
+    n_edges = network.graph.number_of_edges()
+    for n_jobs in (1, 2):
+        null = permutation_null(network.matrix, cfg, 0, progress=False, match_edges=n_edges, table=network.features,
+                                metrics=metrics, n_jobs=n_jobs)
+        rewired = rewired_null(network, cfg, 0, metrics, progress=False, n_jobs=n_jobs)
+        boot = bootstrap_stability(network.matrix, network.partition, cfg, 0, progress=False, n_jobs=n_jobs)
+        if n_jobs == 1:
+            serial = (null, rewired, boot)
+    assert null["F:betweenness"].notna().any() and rewired["anova_F"].notna().any()
+    for parallel, expected in zip((null, rewired, boot), serial):
+        pd.testing.assert_frame_equal(parallel, expected, check_exact=True)
+    assert draw_jobs(ClusteringConfig(n_jobs=3), 10) == 3 and draw_jobs(ClusteringConfig(), 10) == 1
