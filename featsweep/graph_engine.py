@@ -94,6 +94,20 @@ def threshold_edges(corr: np.ndarray, threshold: float, edges) -> tuple[np.ndarr
     return i, j, corr[i, j]
 
 
+def _pairs_at_least(corr: np.ndarray, cut: float, edges) -> tuple[np.ndarray, np.ndarray]:
+    """Upper-triangle ``(i, j)`` with score ``>= cut`` exactly (no tolerance), in row-major order."""
+    n = corr.shape[0]
+    parts_i, parts_j = [], []
+    for start in range(0, n, _ROW_BLOCK):
+        stop = min(n, start + _ROW_BLOCK)
+        mask = _score(corr[start:stop, start + 1:], edges) >= cut
+        mask &= np.arange(start + 1, n)[None, :] > np.arange(start, stop)[:, None]
+        bi, bj = np.nonzero(mask)
+        parts_i.append(bi + start)
+        parts_j.append(bj + start + 1)
+    return np.concatenate(parts_i).astype(np.int64), np.concatenate(parts_j).astype(np.int64)
+
+
 def count_edges(corr: np.ndarray, threshold: float, edges) -> int:
     """Number of pairs passing the threshold (what :func:`threshold_edges` would return), without indices."""
     n = corr.shape[0]
@@ -110,13 +124,29 @@ def count_edges(corr: np.ndarray, threshold: float, edges) -> int:
 def top_pairs(corr: np.ndarray, n_edges: int, edges) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``n_edges`` strongest upper-triangle pairs by ``|r|`` (``abs``) or ``r`` (``positive``), strongest
     first, ties in row-major order (as a stable sort of ``network.top_pairs_graph``); pairs scoring <= 0
-    are dropped. ``argpartition``, not a full sort."""
+    are dropped. ``argpartition``, not a full sort, or (few pairs of many) a sampled cut and one blocked pass."""
     n = corr.shape[0]
     n_pairs = n * (n - 1) // 2
     k = int(min(max(n_edges, 0), n_pairs))
     if k == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0)
+    if k < n_pairs // 20 and n > 64:
+        # Few edges asked of many pairs: estimate a cut below the k-th largest score from a fixed sample of
+        # pairs, keep the pairs at or above it (one blocked pass, row-major order) and choose among them. When
+        # at least k pairs pass, every pair the full selection would choose passes too, so the result is the same.
+        rng = np.random.default_rng(0)
+        a, b = rng.integers(0, n, size=(2, min(n_pairs, 200_000)))
+        sample = _score(corr[np.minimum(a, b), np.maximum(a, b)][a != b], edges)
+        for share in (2.0, 8.0):
+            q = 1.0 - min(1.0, share * k / n_pairs)
+            cut = float(np.quantile(sample, q)) if len(sample) else -np.inf
+            i, j = _pairs_at_least(corr, cut, edges)
+            if len(i) >= k:
+                s = _score(corr[i, j], edges)
+                chosen = np.lexsort((i * n + j, -s))[:k]  # strongest first, ties in row-major order
+                chosen = chosen[s[chosen] > 0]
+                return i[chosen], j[chosen], corr[i[chosen], j[chosen]]
     score = np.where(np.tri(n, dtype=bool), -np.inf, _score(corr, edges))  # upper triangle only
     flat = score.ravel()
     if k < n_pairs:

@@ -12,7 +12,8 @@
   centralities come from the same graph, so a graph with no cluster structure at all still gives
   "significant" differences in centrality between the clusters that modularity carves out of it.
 * **Graph-aware null** (``clustering.n_rewire`` draws). The observed graph is rewired at random by double-edge
-  swaps (every node keeps its degree; the observed edge weights are dealt out to the new edges at random),
+  swaps (igraph's ``Graph.rewire``, ``10 * n_edges`` trials, seeded; every node keeps its degree; the observed
+  edge weights are dealt out to the new edges at random; :func:`rewire_reference` is the networkx version),
   then reclustered by the same procedure (communities, optional re-clustering of the kept subset, size
   filter), its centralities recomputed, and the same ANOVA F and Kruskal H computed over its kept clusters
   (attribution metrics stay with their feature). ``h1.<metric>.null_p`` = ``(1 + #{null F >= observed F}) /
@@ -24,6 +25,11 @@
   but keeps no degree sequence; rewiring keeps degrees but not the transitivity of correlation graphs, and is
   somewhat liberal on unstructured data (README, "H1 calibration"). The verdict asks for both. The family holds each metric once:
   ``mean_abs`` is ``abs_summed / n_prompts`` (identical tests), so only ``abs_summed`` is in it.
+
+Cost. Every null graph of the cluster tests (``n_null`` edge-matched graphs, ``n_rewire`` rewirings) needs its
+betweenness and closeness: all-pairs weighted shortest paths, ``O(n m)`` in igraph's C core, which is most of the
+stage's time on large dense graphs (``benchmarks/network.py``). The draws are pure functions of their shuffle,
+resample or seed, drawn in order in this process, so ``clustering.n_jobs`` worker processes give the same numbers.
 """
 
 from __future__ import annotations
