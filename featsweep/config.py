@@ -210,18 +210,24 @@ class ClusteringConfig:
     n_null: int = 300  # permutation-null repeats (also the edge-matched null of the cluster tests)
     n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
     # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
-    # run). The observed graph, the permutation null and the bootstrap run on the compiled engine and take
-    # about a minute of CPU at 2,000 features (benchmarks/network.py), but H1's graph-aware nulls rewire and
-    # re-describe every null graph partly in networkx (double-edge swaps, centralities of the kept clusters),
-    # which is what bounds this; a random SAE at GPT-2 shape has ~15k varying features. null = no cap.
-    max_features: Optional[int] = 500
+    # run). Every H1 null graph of the cluster tests (n_null edge-matched + n_rewire rewired) needs its
+    # betweenness and closeness, O(n m) each in igraph's C core: with the default 300 + 300 draws, a planted
+    # 100-prompt matrix at threshold 0.7 took ~35 CPU s at 1,000 features and ~360 CPU s at 2,000 (its null
+    # graphs get a giant component), and denser graphs cost proportionally more (README, "network stage").
+    # A random SAE at GPT-2 shape has ~15k varying features. null = no cap.
+    max_features: Optional[int] = 2000
     # H1's graph-aware null: degree-preserving rewirings of the observed graph, reclustered (0 = off)
     n_rewire: int = 300
     # the blog's notebook: re-detect communities on the subgraph of the kept clusters, then keep again
     recluster_kept: bool = False
+    # worker processes for the null and bootstrap draws (the same numbers as in process); null = every core
+    # for networks of 400+ features, in process below (featsweep.h1.draw_jobs)
+    n_jobs: Optional[int] = None
 
     def __post_init__(self) -> None:
         _at_least("clustering.n_rewire", self.n_rewire, 0)
+        if self.n_jobs is not None:
+            _at_least("clustering.n_jobs", self.n_jobs, 1)
         if not 0 < self.threshold <= 1:
             _bad("clustering.threshold", self.threshold, "use a correlation in (0, 1], e.g. clustering.threshold=0.3")
         _at_least("clustering.min_cluster_size", self.min_cluster_size, 1)

@@ -51,7 +51,7 @@ def correlate(values: np.ndarray, method: CorrelationMethod | str = CorrelationM
     with np.errstate(invalid="ignore", divide="ignore"):
         z = centred / norms
         corr = z.T @ z
-    corr = np.nan_to_num(corr, nan=0.0)  # only reachable for constant columns, which callers drop
+    np.copyto(corr, 0.0, where=np.isnan(corr))  # only reachable for constant columns, which callers drop (in place)
     np.clip(corr, -1.0, 1.0, out=corr)
     np.fill_diagonal(corr, 1.0)
     return corr

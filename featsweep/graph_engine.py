@@ -94,6 +94,20 @@ def threshold_edges(corr: np.ndarray, threshold: float, edges) -> tuple[np.ndarr
     return i, j, corr[i, j]
 
 
+def _pairs_at_least(corr: np.ndarray, cut: float, edges) -> tuple[np.ndarray, np.ndarray]:
+    """Upper-triangle ``(i, j)`` with score ``>= cut`` exactly (no tolerance), in row-major order."""
+    n = corr.shape[0]
+    parts_i, parts_j = [], []
+    for start in range(0, n, _ROW_BLOCK):
+        stop = min(n, start + _ROW_BLOCK)
+        mask = _score(corr[start:stop, start + 1:], edges) >= cut
+        mask &= np.arange(start + 1, n)[None, :] > np.arange(start, stop)[:, None]
+        bi, bj = np.nonzero(mask)
+        parts_i.append(bi + start)
+        parts_j.append(bj + start + 1)
+    return np.concatenate(parts_i).astype(np.int64), np.concatenate(parts_j).astype(np.int64)
+
+
 def count_edges(corr: np.ndarray, threshold: float, edges) -> int:
     """Number of pairs passing the threshold (what :func:`threshold_edges` would return), without indices."""
     n = corr.shape[0]
@@ -110,13 +124,29 @@ def count_edges(corr: np.ndarray, threshold: float, edges) -> int:
 def top_pairs(corr: np.ndarray, n_edges: int, edges) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``n_edges`` strongest upper-triangle pairs by ``|r|`` (``abs``) or ``r`` (``positive``), strongest
     first, ties in row-major order (as a stable sort of ``network.top_pairs_graph``); pairs scoring <= 0
-    are dropped. ``argpartition``, not a full sort."""
+    are dropped. ``argpartition``, not a full sort, or (few pairs of many) a sampled cut and one blocked pass."""
     n = corr.shape[0]
     n_pairs = n * (n - 1) // 2
     k = int(min(max(n_edges, 0), n_pairs))
     if k == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, np.zeros(0)
+    if k < n_pairs // 20 and n > 64:
+        # Few edges asked of many pairs: estimate a cut below the k-th largest score from a fixed sample of
+        # pairs, keep the pairs at or above it (one blocked pass, row-major order) and choose among them. When
+        # at least k pairs pass, every pair the full selection would choose passes too, so the result is the same.
+        rng = np.random.default_rng(0)
+        a, b = rng.integers(0, n, size=(2, min(n_pairs, 200_000)))
+        sample = _score(corr[np.minimum(a, b), np.maximum(a, b)][a != b], edges)
+        for share in (2.0, 8.0):
+            q = 1.0 - min(1.0, share * k / n_pairs)
+            cut = float(np.quantile(sample, q)) if len(sample) else -np.inf
+            i, j = _pairs_at_least(corr, cut, edges)
+            if len(i) >= k:
+                s = _score(corr[i, j], edges)
+                chosen = np.lexsort((i * n + j, -s))[:k]  # strongest first, ties in row-major order
+                chosen = chosen[s[chosen] > 0]
+                return i[chosen], j[chosen], corr[i[chosen], j[chosen]]
     score = np.where(np.tri(n, dtype=bool), -np.inf, _score(corr, edges))  # upper triangle only
     flat = score.ravel()
     if k < n_pairs:
@@ -173,6 +203,26 @@ def to_networkx(features: list[int], g: ig.Graph):
         graph.add_edges_from((features[a], features[b], {"weight": w[k], "r": r[k], "distance": d[k]})
                              for k, (a, b) in enumerate(g.get_edgelist()))
     return graph
+
+
+def rewire(g: ig.Graph, seed: int) -> ig.Graph:
+    """A degree-preserving random rewiring of a copy of ``g``: ``10 * n_edges`` double-edge swap trials
+    (igraph's ``Graph.rewire``, simple graphs only; a trial that would make a loop or a multi-edge is skipped,
+    so a near-complete graph keeps most of its edges), then the edge attributes of ``g`` dealt out to the new
+    edges by a random permutation: the weight distribution is kept, its link to the structure broken.
+    Seeded: igraph draws from a private ``random.Random`` (restored afterwards), the permutation from numpy.
+    ``featsweep.h1.rewire_reference`` is the networkx reference (``nx.double_edge_swap``; another random
+    stream, so the same seed gives another graph of the same degrees)."""
+    rng = np.random.default_rng(seed)
+    out = g.copy()
+    m = out.ecount()
+    if m >= 2 and out.vcount() >= 4:
+        with _SeededRNG(int(rng.integers(2**31))):
+            out.rewire(n=10 * m, allowed_edge_types="simple")
+    order = rng.permutation(m)
+    for attr in g.es.attributes():
+        out.es[attr] = np.asarray(g.es[attr])[order].tolist()
+    return out
 
 
 # ---- communities and modularity ----------------------------------------------------------------------------
@@ -275,6 +325,7 @@ class Clustered:
     n_edges: int
     membership: np.ndarray  # cluster id per kept column (0 = largest)
     modularity: float  # NaN without edges
+    graph: Optional[ig.Graph] = None  # the threshold graph (weights only), for re-clustering its kept clusters
 
 
 def cluster_values(values: np.ndarray, method, threshold: float, edges, algorithm, weighted: bool,
@@ -288,7 +339,44 @@ def cluster_values(values: np.ndarray, method, threshold: float, edges, algorith
     feats = None if features is None else [f for f, k in zip(features, keep) if k]
     membership = communities(g, algorithm, weighted, resolution, seed, feats)
     return Clustered(keep=keep, n_edges=g.ecount(), membership=membership,
-                     modularity=modularity(g, membership, weighted, resolution))
+                     modularity=modularity(g, membership, weighted, resolution), graph=g)
+
+
+def kept_clusters(membership: np.ndarray, min_size: int) -> list[int]:
+    """Cluster ids (of a :func:`relabel` membership) with at least ``min_size`` members, ascending."""
+    sizes = np.bincount(np.asarray(membership, dtype=np.int64)) if len(membership) else np.zeros(0, np.int64)
+    return [int(c) for c in np.flatnonzero(sizes >= min_size)]
+
+
+def subgraph(g: ig.Graph, members: np.ndarray) -> ig.Graph:
+    """The subgraph induced by the sorted vertex ids ``members`` (vertex k = ``members[k]``), with ``weight``
+    and, where ``g`` has them, ``r`` and ``distance``; edges in ``g``'s order."""
+    pairs = np.asarray(g.get_edgelist(), dtype=np.int64).reshape(-1, 2)
+    inside = np.isin(pairs, members).all(axis=1)
+    local = np.searchsorted(members, pairs[inside])
+    sub = ig.Graph(n=len(members), edges=local.tolist())
+    for attr in g.es.attributes():
+        sub.es[attr] = np.asarray(g.es[attr], dtype=float)[inside].tolist()
+    return sub
+
+
+def kept_membership(g: ig.Graph, membership: np.ndarray, min_size: int, recluster: bool, algorithm, weighted: bool,
+                    resolution: float, seed: int, features: Optional[list] = None) -> tuple[np.ndarray, list[int]]:
+    """The partition H1 tests and its kept clusters (size >= ``min_size``): ``membership`` as it is, or, with
+    ``recluster`` (``clustering.recluster_kept``), the kept clusters' induced subgraph clustered again on its
+    own and the size filter applied again; renumbered by :func:`relabel`. ``featsweep.h1.kept_partition`` is the
+    networkx reference."""
+    membership = np.asarray(membership, dtype=np.int64)
+    kept = kept_clusters(membership, min_size)
+    if not (recluster and kept):
+        return membership, kept
+    members = np.flatnonzero(np.isin(membership, kept))
+    feats = None if features is None else [features[k] for k in members]
+    sub = communities(subgraph(g, members), algorithm, weighted, resolution, seed, feats)
+    merged = membership + len(members)  # the clusters left out keep their own group, apart from the new ones
+    merged[members] = sub
+    merged = relabel(merged, features)
+    return merged, kept_clusters(merged, min_size)
 
 
 def matched_modularity(corr: np.ndarray, n_edges: int, edges, algorithm, weighted: bool, resolution: float,
@@ -348,41 +436,51 @@ def eigenvector(g: ig.Graph, weighted: bool = True) -> tuple[np.ndarray, str]:
     return out, method
 
 
-def centralities(g: ig.Graph, weighted: bool = True) -> tuple[dict[str, np.ndarray], str]:
+CENTRALITIES = ("degree", "betweenness", "closeness", "eigenvector")
+
+
+def centralities(g: ig.Graph, weighted: bool = True, which=CENTRALITIES) -> tuple[dict[str, np.ndarray], str]:
     """degree, betweenness, closeness and eigenvector centrality per vertex (networkx's definitions, see the
-    module docstring), and the eigenvector method."""
+    module docstring), and the eigenvector method. ``which``: the ones to compute (the nulls ask only for those
+    their statistics use; shortest paths are the cost)."""
     n = g.vcount()
-    pairs = np.asarray(g.get_edgelist(), dtype=np.int64).reshape(-1, 2)
-    deg = np.bincount(pairs.ravel(), minlength=n).astype(float)
-    degree = deg / (n - 1) if n > 1 else np.zeros(n)
+    zeros = np.zeros(n)
+    out = {}
+    if "degree" in which:
+        pairs = np.asarray(g.get_edgelist(), dtype=np.int64).reshape(-1, 2)
+        out["degree"] = np.bincount(pairs.ravel(), minlength=n).astype(float) / (n - 1) if n > 1 else zeros
     dist = g.es["distance"] if (weighted and g.ecount()) else None
-    if dist is not None and min(dist) <= 0:
+    paths = [k for k in ("betweenness", "closeness") if k in which]
+    if paths and dist is not None and min(dist) <= 0:
         # igraph's Dijkstra needs positive lengths; an edge with r = 1 has length 0. Use networkx's exact
         # definition (rare: only features whose attributions are exact affine copies of each other).
         import networkx as nx
 
         log.warning("Some edges have distance 0 (r = 1): betweenness and closeness computed with networkx.")
         graph = to_networkx(list(range(n)), g)
-        btw = nx.betweenness_centrality(graph, weight="distance", normalized=True)
-        clo = nx.closeness_centrality(graph, distance="distance")
-        betweenness = np.array([btw[v] for v in range(n)])
-        close = np.array([clo[v] for v in range(n)])
-        eigen, method = eigenvector(g, weighted)
-        return {"degree": degree, "betweenness": betweenness, "closeness": close, "eigenvector": eigen}, method
-    if n > 2 and g.ecount():
-        betweenness = np.asarray(g.betweenness(directed=False, weights=dist), dtype=float) * 2 / ((n - 1) * (n - 2))
+        if "betweenness" in which:
+            btw = nx.betweenness_centrality(graph, weight="distance", normalized=True)
+            out["betweenness"] = np.array([btw[v] for v in range(n)])
+        if "closeness" in which:
+            clo = nx.closeness_centrality(graph, distance="distance")
+            out["closeness"] = np.array([clo[v] for v in range(n)])
     else:
-        betweenness = np.zeros(n)
-    if g.ecount():
-        comp = np.asarray(g.connected_components().membership)
-        k = np.bincount(comp)[comp].astype(float)  # size of each vertex's component
-        with np.errstate(invalid="ignore", divide="ignore"):
-            close = np.asarray(g.closeness(weights=dist, normalized=True), dtype=float)  # (k-1) / sum(d)
-        close = np.where(np.isfinite(close) & (k > 1), close, 0.0) * (k - 1) / max(n - 1, 1)
-    else:
-        close = np.zeros(n)
-    eigen, method = eigenvector(g, weighted)
-    return {"degree": degree, "betweenness": betweenness, "closeness": close, "eigenvector": eigen}, method
+        if "betweenness" in which:
+            out["betweenness"] = (np.asarray(g.betweenness(directed=False, weights=dist), dtype=float) * 2
+                                  / ((n - 1) * (n - 2)) if n > 2 and g.ecount() else zeros)
+        if "closeness" in which:
+            if g.ecount():
+                comp = np.asarray(g.connected_components().membership)
+                k = np.bincount(comp)[comp].astype(float)  # size of each vertex's component
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    close = np.asarray(g.closeness(weights=dist, normalized=True), dtype=float)  # (k-1) / sum(d)
+                out["closeness"] = np.where(np.isfinite(close) & (k > 1), close, 0.0) * (k - 1) / max(n - 1, 1)
+            else:
+                out["closeness"] = zeros
+    method = "not_computed"
+    if "eigenvector" in which:
+        out["eigenvector"], method = eigenvector(g, weighted)
+    return {k: out[k] for k in CENTRALITIES if k in which}, method
 
 
 # ---- the observed network, in one call -------------------------------------------------------------------------

@@ -12,7 +12,8 @@
   centralities come from the same graph, so a graph with no cluster structure at all still gives
   "significant" differences in centrality between the clusters that modularity carves out of it.
 * **Graph-aware null** (``clustering.n_rewire`` draws). The observed graph is rewired at random by double-edge
-  swaps (every node keeps its degree; the observed edge weights are dealt out to the new edges at random),
+  swaps (igraph's ``Graph.rewire``, ``10 * n_edges`` trials, seeded; every node keeps its degree; the observed
+  edge weights are dealt out to the new edges at random; :func:`rewire_reference` is the networkx version),
   then reclustered by the same procedure (communities, optional re-clustering of the kept subset, size
   filter), its centralities recomputed, and the same ANOVA F and Kruskal H computed over its kept clusters
   (attribution metrics stay with their feature). ``h1.<metric>.null_p`` = ``(1 + #{null F >= observed F}) /
@@ -24,10 +25,16 @@
   but keeps no degree sequence; rewiring keeps degrees but not the transitivity of correlation graphs, and is
   somewhat liberal on unstructured data (README, "H1 calibration"). The verdict asks for both. The family holds each metric once:
   ``mean_abs`` is ``abs_summed / n_prompts`` (identical tests), so only ``abs_summed`` is in it.
+
+Cost. Every null graph of the cluster tests (``n_null`` edge-matched graphs, ``n_rewire`` rewirings) needs its
+betweenness and closeness: all-pairs weighted shortest paths, ``O(n m)`` in igraph's C core, which is most of the
+stage's time on large dense graphs (``benchmarks/network.py``). The draws are pure functions of their shuffle,
+resample or seed, drawn in order in this process, so ``clustering.n_jobs`` worker processes give the same numbers.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import igraph as ig
@@ -40,8 +47,8 @@ from tqdm.auto import tqdm
 from featsweep import plots
 from featsweep.config import ClusteringConfig
 from featsweep import graph_engine
-from featsweep.graph import (centralities, correlate, detect_communities, edge_list, eigenvector_per_component,
-                             partition_modularity, top_pairs_graph)
+from featsweep.graph import (centralities, correlate, detect_communities, edge_list, partition_modularity,
+                             top_pairs_graph)
 from featsweep.graph import cluster_matrix as reference_cluster_matrix
 from featsweep.results import Network, StageResult
 from featsweep.stats import H1_METRICS, adjust_pvalues, anova_kruskal_columns, cluster_tests, null_summary
@@ -67,7 +74,7 @@ def cluster_matrix(values: np.ndarray, features: list[int], cfg: ClusteringConfi
 def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, progress: bool = True,
                      recluster: bool = True, match_edges: Optional[int] = None,
                      table: Optional[pd.DataFrame] = None, metrics: Optional[list[str]] = None,
-                     engine: str = "igraph") -> pd.DataFrame:
+                     engine: str = "igraph", n_jobs: int = 1) -> pd.DataFrame:
     """``cfg.n_null`` draws after shuffling each feature across prompts independently.
 
     Shuffling keeps every feature's distribution and breaks the co-occurrence between features. Columns:
@@ -84,39 +91,28 @@ def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, pro
       and ``abs_corr`` recomputed; the other attribution metrics do not change under shuffling.
 
     ``engine="igraph"`` correlates each draw once and computes edges, communities and modularity on
-    :mod:`featsweep.graph_engine`; ``"networkx"`` is the reference. Both draw the same shuffles.
+    :mod:`featsweep.graph_engine`, on ``n_jobs`` processes (the same numbers as one); ``"networkx"`` is the
+    reference. Both draw the same shuffles.
     """
     rng = np.random.default_rng([seed, 1])
     values = matrix.to_numpy(dtype=float)
     features = [int(f) for f in matrix.columns]
     weighted = cfg.weighted
+    stat_columns = [f"{k}:{m}" for k in "FH" for m in metrics] if table is not None and metrics else []
+    columns = ["draw", "n_edges", "modularity", "matched_modularity", *stat_columns]
+    if engine == "igraph":
+        # the shuffles are drawn here, in order, from the one generator; each draw's work is a pure function of
+        # its shuffle and seed, so a process pool gives the numbers of the serial loop
+        tasks = ((_permutation_draw, rng.permuted(values, axis=0), draw, features, cfg, seed + draw, recluster,
+                  match_edges, table, metrics) for draw in range(cfg.n_null))
+        rows = _run_draws(tasks, cfg.n_null, n_jobs, "H1 permutation null", progress)
+        return pd.DataFrame(rows, columns=columns)
     rows = []
     for draw in tqdm(range(cfg.n_null), desc="H1 permutation null", leave=False, disable=not progress):
         shuffled = rng.permuted(values, axis=0)
         row = {"draw": draw, "n_edges": 0, "modularity": float("nan"), "matched_modularity": float("nan")}
         keep = np.ptp(shuffled, axis=0) > 0
         feats = [f for f, k in zip(features, keep) if k]
-        if engine == "igraph":
-            corr = graph_engine.correlate(shuffled[:, keep], cfg.method)
-            if recluster:
-                i, j, r = graph_engine.threshold_edges(corr, cfg.threshold, cfg.edges)
-                g = graph_engine.build(len(feats), i, j, r, cfg.edges)
-                part = graph_engine.communities(g, cfg.algorithm, weighted, cfg.resolution, seed + draw, feats)
-                row["n_edges"] = g.ecount()
-                row["modularity"] = 0.0 if g.ecount() == 0 else graph_engine.modularity(g, part, weighted, cfg.resolution)
-            else:
-                row["n_edges"] = graph_engine.count_edges(corr, cfg.threshold, cfg.edges)
-            if match_edges:
-                i, j, r = graph_engine.top_pairs(corr, match_edges, cfg.edges)
-                g = graph_engine.build(len(feats), i, j, r, cfg.edges)
-                membership = graph_engine.communities(g, cfg.algorithm, weighted, cfg.resolution, seed + draw, feats)
-                row["matched_modularity"] = graph_engine.modularity(g, membership, weighted, cfg.resolution)
-                if table is not None and metrics:  # the cluster tests need the graph's centralities
-                    part = dict(zip(feats, membership.tolist()))
-                    row.update(_matched_tests(graph_engine.to_networkx(feats, g), part, shuffled, features, table,
-                                              metrics, cfg, seed + draw))
-            rows.append(row)
-            continue
         if recluster:
             row["n_edges"], _, modularity = cluster_matrix(shuffled, features, cfg, seed + draw, engine)
             row["modularity"] = 0.0 if row["n_edges"] == 0 else modularity
@@ -129,8 +125,62 @@ def permutation_null(matrix: pd.DataFrame, cfg: ClusteringConfig, seed: int, pro
             if table is not None and metrics:
                 row.update(_matched_tests(graph, part, shuffled, features, table, metrics, cfg, seed + draw))
         rows.append(row)
-    stat_columns = [f"{k}:{m}" for k in "FH" for m in metrics] if table is not None and metrics else []
-    return pd.DataFrame(rows, columns=["draw", "n_edges", "modularity", "matched_modularity", *stat_columns])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _permutation_draw(shuffled: np.ndarray, draw: int, features: list[int], cfg: ClusteringConfig, seed: int,
+                      recluster: bool, match_edges: Optional[int], table: Optional[pd.DataFrame],
+                      metrics: Optional[list[str]]) -> dict:
+    """One permutation-null draw on :mod:`featsweep.graph_engine` (see :func:`permutation_null`): the draw's
+    correlation is computed once and serves the threshold graph, the matched graph and ``abs_corr``."""
+    weighted = cfg.weighted
+    row = {"draw": draw, "n_edges": 0, "modularity": float("nan"), "matched_modularity": float("nan")}
+    keep = np.ptp(shuffled, axis=0) > 0
+    feats = [f for f, k in zip(features, keep) if k]
+    corr = graph_engine.correlate(shuffled[:, keep], cfg.method)
+    if recluster:
+        i, j, r = graph_engine.threshold_edges(corr, cfg.threshold, cfg.edges)
+        g = graph_engine.build(len(feats), i, j, r, cfg.edges, full=False)
+        part = graph_engine.communities(g, cfg.algorithm, weighted, cfg.resolution, seed, feats)
+        row["n_edges"] = g.ecount()
+        row["modularity"] = 0.0 if g.ecount() == 0 else graph_engine.modularity(g, part, weighted, cfg.resolution)
+    else:
+        row["n_edges"] = graph_engine.count_edges(corr, cfg.threshold, cfg.edges)
+    if match_edges:
+        tested = table is not None and bool(metrics)
+        i, j, r = graph_engine.top_pairs(corr, match_edges, cfg.edges)
+        g = graph_engine.build(len(feats), i, j, r, cfg.edges, full=tested)  # distances for the tests
+        membership = graph_engine.communities(g, cfg.algorithm, weighted, cfg.resolution, seed, feats)
+        row["matched_modularity"] = graph_engine.modularity(g, membership, weighted, cfg.resolution)
+        if tested:  # the cluster tests need the graph's centralities
+            # the draw's correlation gives abs_corr when no column was constant (shuffling keeps values)
+            full_corr = corr if keep.all() else correlate(shuffled, cfg.method)
+            row.update(_engine_matched_tests(g, membership, feats, full_corr, features, table, metrics, cfg, seed))
+    return row
+
+
+# below this many features a draw costs less than handing it to a worker process
+PARALLEL_MIN_FEATURES = 400
+
+
+def draw_jobs(cfg: ClusteringConfig, n_features: int) -> int:
+    """Worker processes for the null and bootstrap draws: ``clustering.n_jobs``, or with ``null`` every core
+    for networks of at least :data:`PARALLEL_MIN_FEATURES` features and 1 (in process) below."""
+    if cfg.n_jobs is not None:
+        return max(1, int(cfg.n_jobs))
+    return (os.cpu_count() or 1) if n_features >= PARALLEL_MIN_FEATURES else 1
+
+
+def _run_draws(tasks, n_tasks: int, n_jobs: int, desc: str, progress: bool) -> list:
+    """Run ``(function, *args)`` tasks in order, in process (``n_jobs=1``) or on a joblib process pool. The
+    tasks are generated lazily in the caller's order (joblib keeps ``2 * n_jobs`` in flight), so the random
+    draws made while generating them are those of the serial loop, and results come back in task order."""
+    if n_jobs <= 1 or n_tasks < 2:
+        return [task[0](*task[1:]) for task in tqdm(tasks, total=n_tasks, desc=desc, leave=False,
+                                                     disable=not progress)]
+    from joblib import Parallel, delayed
+
+    return Parallel(n_jobs=min(n_jobs, n_tasks), backend="loky")(delayed(task[0])(*task[1:]) for task in tasks)
 
 
 def _matched_tests(graph: nx.Graph, first: dict[int, int], shuffled: np.ndarray, columns: list[int],
@@ -139,7 +189,7 @@ def _matched_tests(graph: nx.Graph, first: dict[int, int], shuffled: np.ndarray,
     out = {f"{k}:{m}": np.nan for k in "FH" for m in metrics}
     if len(kept) < 2:
         return out
-    central = null_centralities(graph, cfg.weighted)
+    central = centralities(graph, cfg.weighted)[0]
     table = features.set_index("feature").loc[central["feature"]].reset_index()
     table[["degree", "betweenness", "closeness", "eigenvector"]] = central[["degree", "betweenness", "closeness",
                                                                               "eigenvector"]].to_numpy()
@@ -155,29 +205,63 @@ def _matched_tests(graph: nx.Graph, first: dict[int, int], shuffled: np.ndarray,
     return out
 
 
+def _engine_matched_tests(g: ig.Graph, membership: np.ndarray, feats: list[int], corr: np.ndarray,
+                          columns: list[int], features: pd.DataFrame, metrics: list[str], cfg: ClusteringConfig,
+                          seed: int) -> dict[str, float]:
+    """:func:`_matched_tests` on :mod:`featsweep.graph_engine`: ``g``'s vertex k is ``feats[k]``; ``corr`` is the
+    shuffled matrix's correlation over ``columns``. Only the centralities among ``metrics`` are computed."""
+    out = {f"{k}:{m}": np.nan for k in "FH" for m in metrics}
+    membership, kept = graph_engine.kept_membership(g, membership, cfg.min_cluster_size, cfg.recluster_kept,
+                                                    cfg.algorithm, cfg.weighted, cfg.resolution, seed, feats)
+    if len(kept) < 2:
+        return out
+    central, _ = graph_engine.centralities(g, cfg.weighted, [m for m in graph_engine.CENTRALITIES if m in metrics])
+    table = features.set_index("feature").loc[feats]
+    for name, values in central.items():
+        table[name] = values
+    if "abs_corr" in metrics:
+        order = {f: k for k, f in enumerate(columns)}  # corr's column order
+        idx = [order[f] for f in feats]
+        table["abs_corr"] = (np.abs(corr[idx]).sum(axis=1) - 1.0) / max(len(order) - 1, 1)
+    in_kept = np.isin(membership, kept)
+    f_stat, h_stat = anova_kruskal_columns(table[metrics].to_numpy(dtype=float)[in_kept], membership[in_kept])
+    out.update({f"F:{m}": float(v) for m, v in zip(metrics, f_stat)})
+    out.update({f"H:{m}": float(v) for m, v in zip(metrics, h_stat)})
+    return out
+
+
 def bootstrap_stability(matrix: pd.DataFrame, partition: dict[int, int], cfg: ClusteringConfig, seed: int,
-                        progress: bool = True, engine: str = "igraph") -> pd.DataFrame:
+                        progress: bool = True, engine: str = "igraph", n_jobs: int = 1) -> pd.DataFrame:
     """``cfg.n_bootstrap`` resamples of the prompts (with replacement), reclustered; ARI against ``partition``
     over the features present in both (a feature constant in a resample drops out of that draw)."""
     rng = np.random.default_rng([seed, 2])
     values = matrix.to_numpy(dtype=float)
     features = [int(f) for f in matrix.columns]
-    rows = []
-    for draw in tqdm(range(cfg.n_bootstrap), desc="H1 bootstrap", leave=False, disable=not progress):
-        sample = values[rng.integers(0, len(values), size=len(values))]
-        if engine == "igraph":
-            n_edges, boot, _ = cluster_matrix(sample, features, cfg, seed + draw, engine)
-            if cfg.recluster_kept:  # re-clustering the kept subset needs the graph itself
-                graph, boot, _ = reference_cluster_matrix(sample, features, cfg, seed + draw)
-        else:
-            graph, boot, _ = reference_cluster_matrix(sample, features, cfg, seed + draw)
-            n_edges = graph.number_of_edges()
-        if cfg.recluster_kept:
-            boot, _ = kept_partition(graph, cfg, seed + draw, boot)
-        common = [f for f in features if f in boot and f in partition]
-        ari = adjusted_rand_score([partition[f] for f in common], [boot[f] for f in common]) if common else np.nan
-        rows.append({"draw": draw, "ari": float(ari), "n_common": len(common), "n_edges": n_edges})
+    tasks = ((_bootstrap_draw, values[rng.integers(0, len(values), size=len(values))], draw, features, partition,
+              cfg, seed + draw, engine) for draw in range(cfg.n_bootstrap))
+    rows = _run_draws(tasks, cfg.n_bootstrap, n_jobs if engine == "igraph" else 1, "H1 bootstrap", progress)
     return pd.DataFrame(rows, columns=["draw", "ari", "n_common", "n_edges"])
+
+
+def _bootstrap_draw(sample: np.ndarray, draw: int, features: list[int], partition: dict[int, int],
+                    cfg: ClusteringConfig, seed: int, engine: str) -> dict:
+    if engine == "igraph":
+        c = graph_engine.cluster_values(sample, cfg.method, cfg.threshold, cfg.edges, cfg.algorithm, cfg.weighted,
+                                        cfg.resolution, seed, features)
+        feats = [f for f, k in zip(features, c.keep) if k]
+        membership = c.membership
+        if cfg.recluster_kept:
+            membership, _ = graph_engine.kept_membership(c.graph, membership, cfg.min_cluster_size, True,
+                                                         cfg.algorithm, cfg.weighted, cfg.resolution, seed, feats)
+        n_edges, boot = c.n_edges, dict(zip(feats, membership.tolist()))
+    else:
+        graph, boot, _ = reference_cluster_matrix(sample, features, cfg, seed)
+        n_edges = graph.number_of_edges()
+        if cfg.recluster_kept:
+            boot, _ = kept_partition(graph, cfg, seed, boot)
+    common = [f for f in features if f in boot and f in partition]
+    ari = adjusted_rand_score([partition[f] for f in common], [boot[f] for f in common]) if common else np.nan
+    return {"draw": draw, "ari": float(ari), "n_common": len(common), "n_edges": n_edges}
 
 
 def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_max: bool,
@@ -186,9 +270,11 @@ def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_ma
     result = StageResult()
     n_edges = network.graph.number_of_edges()
     metrics = [m for m in H1_METRICS if m != "gen_max_activation" or has_gen_max]
-    null = _null_statistics(network, cfg, seed, progress, result, metrics, engine) if cfg.n_null > 0 else None
+    n_jobs = draw_jobs(cfg, network.graph.number_of_nodes())
+    null = (_null_statistics(network, cfg, seed, progress, result, metrics, engine, n_jobs) if cfg.n_null > 0
+            else None)
     if cfg.n_bootstrap > 0 and n_edges > 0:
-        boot = bootstrap_stability(network.matrix, network.partition, cfg, seed, progress, engine)
+        boot = bootstrap_stability(network.matrix, network.partition, cfg, seed, progress, engine, n_jobs)
         result.metrics["h1.bootstrap_ari_mean"] = float(boot["ari"].mean())
         result.metrics["h1.bootstrap_ari_std"] = float(boot["ari"].std(ddof=1)) if len(boot) > 1 else 0.0
         result.tables["tables/h1_bootstrap.parquet"] = boot
@@ -196,7 +282,7 @@ def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_ma
     if len(kept) >= 2:
         tests = cluster_tests(network.features, metrics, clusters=kept)
         if cfg.n_rewire > 0:
-            rewired = rewired_null(network, cfg, seed, metrics, progress)
+            rewired = rewired_null(network, cfg, seed, metrics, progress, engine, n_jobs)
             tests = null_pvalues(tests, rewired)
             result.tables["tables/h1_rewired_null.parquet"] = rewired
         if null is not None and f"F:{metrics[0]}" in null:
@@ -247,10 +333,11 @@ def _kept(partition: dict[int, int], min_size: int) -> list[int]:
     return sorted(int(c) for c, size in sizes.items() if size >= min_size)
 
 
-def rewire(graph: nx.Graph, seed: int) -> nx.Graph:
-    """A degree-preserving random rewiring: ``10 * n_edges`` double-edge swaps (fewer where no more are
-    possible, e.g. a near-complete graph), then the observed edge attributes dealt out to the edges at random,
-    so the weight distribution is kept and its link to the structure is broken."""
+def rewire_reference(graph: nx.Graph, seed: int) -> nx.Graph:
+    """The networkx reference of :func:`featsweep.graph_engine.rewire`: ``10 * n_edges`` double-edge swaps
+    (``nx.double_edge_swap``; fewer where no more are possible, e.g. a near-complete graph), then the observed
+    edge attributes dealt out to the edges at random, so the weight distribution is kept and its link to the
+    structure is broken."""
     rng = np.random.default_rng(seed)
     rewired = graph.copy()
     attrs = [dict(d) for _, _, d in graph.edges(data=True)]
@@ -266,49 +353,60 @@ def rewire(graph: nx.Graph, seed: int) -> nx.Graph:
     return rewired
 
 
-def rewired_null(network: Network, cfg: ClusteringConfig, seed: int, metrics: list[str], progress: bool = True
-                 ) -> pd.DataFrame:
+def rewired_null(network: Network, cfg: ClusteringConfig, seed: int, metrics: list[str], progress: bool = True,
+                 engine: str = "igraph", n_jobs: int = 1) -> pd.DataFrame:
     """ANOVA F and Kruskal H of every metric across the kept clusters of ``clustering.n_rewire`` rewired,
     reclustered graphs (see the module docstring). One row per draw and metric (F, H NaN when the draw has
-    fewer than 2 kept clusters)."""
+    fewer than 2 kept clusters). ``engine="igraph"``: rewiring, communities and centralities on
+    :mod:`featsweep.graph_engine` (only the centralities among ``metrics``); ``"networkx"``: the reference
+    (:func:`rewire_reference`, :func:`kept_partition`, ``featsweep.graph.centralities``). The two draw the same
+    seeds but not the same random swaps. ``n_jobs``: processes for the igraph draws (the same numbers as one)."""
     rng = np.random.default_rng([seed, 3])
     fixed = network.features.drop(columns=["cluster", "kept", "degree", "betweenness", "closeness", "eigenvector"])
+    columns = ["draw", "metric", "n_kept", "anova_F", "kruskal_H"]
+    if engine == "igraph":
+        g0, nodes = graph_engine.from_networkx(network.graph)
+        table = fixed.set_index("feature").reindex(nodes)
+        tasks = ((_rewired_draw, g0, int(rng.integers(2**31)), draw, nodes, table, metrics, cfg, seed + draw)
+                 for draw in range(cfg.n_rewire))
+        rows = _run_draws(tasks, cfg.n_rewire, n_jobs, "H1 rewired null", progress)
+        return pd.DataFrame([row for draw_rows in rows for row in draw_rows], columns=columns)
     rows = []
     for draw in tqdm(range(cfg.n_rewire), desc="H1 rewired null", leave=False, disable=not progress):
-        graph = rewire(network.graph, int(rng.integers(2**31)))
-        partition, kept = kept_partition(graph, cfg, seed + draw)
         f_stat = h_stat = np.full(len(metrics), np.nan)
+        graph = rewire_reference(network.graph, int(rng.integers(2**31)))
+        partition, kept = kept_partition(graph, cfg, seed + draw)
         if len(kept) >= 2:
-            central = null_centralities(graph, cfg.weighted)
-            table = central.merge(fixed, on="feature")
-            clusters = np.array([partition[f] for f in table["feature"]])
+            central = centralities(graph, cfg.weighted)[0]
+            merged = central.merge(fixed, on="feature")
+            clusters = np.array([partition[f] for f in merged["feature"]])
             in_kept = np.isin(clusters, kept)
-            f_stat, h_stat = anova_kruskal_columns(table.loc[in_kept, metrics].to_numpy(dtype=float), clusters[in_kept])
+            f_stat, h_stat = anova_kruskal_columns(merged.loc[in_kept, metrics].to_numpy(dtype=float),
+                                                   clusters[in_kept])
         rows += [{"draw": draw, "metric": m, "n_kept": len(kept), "anova_F": float(f), "kruskal_H": float(h)}
                  for m, f, h in zip(metrics, f_stat, h_stat)]
-    return pd.DataFrame(rows, columns=["draw", "metric", "n_kept", "anova_F", "kruskal_H"])
+    return pd.DataFrame(rows, columns=columns)
 
 
-def null_centralities(graph: nx.Graph, weighted: bool) -> pd.DataFrame:
-    """The centralities of ``featsweep.graph.centralities`` for the null graphs, with igraph's compiled
-    shortest paths (the nulls compute them hundreds of times; networkx's pure-Python betweenness takes
-    seconds on a dense 500-node graph). Normalised as networkx: betweenness by ``(n-1)(n-2)/2``, closeness
-    by Wasserman-Faust ``(r-1)/sum(d) * (r-1)/(n-1)`` over the ``r`` reachable nodes. Checked against the
-    networkx reference in tests; graphs with a zero path length (|r| = 1) use the reference."""
-    nodes = list(graph.nodes)
-    n = len(nodes)
-    lengths = [d["distance"] for _, _, d in graph.edges(data=True)] if weighted else None
-    if n < 3 or graph.number_of_edges() == 0 or (lengths and min(lengths) <= 0):
-        return centralities(graph, weighted)[0]
-    index = {node: k for k, node in enumerate(nodes)}
-    g = ig.Graph(n=n, edges=[(index[a], index[b]) for a, b in graph.edges])
-    betweenness = np.asarray(g.betweenness(directed=False, weights=lengths)) / ((n - 1) * (n - 2) / 2)
-    reach = np.bincount(g.connected_components().membership)[g.connected_components().membership]
-    closeness = np.nan_to_num(np.asarray(g.closeness(weights=lengths, normalized=True), dtype=float))
-    eigen, _ = eigenvector_per_component(graph, "weight" if weighted else None)
-    return pd.DataFrame({"feature": nodes, "degree": np.asarray(g.degree(), dtype=float) / (n - 1),
-                         "betweenness": betweenness, "closeness": closeness * (reach - 1) / (n - 1),
-                         "eigenvector": [eigen[node] for node in nodes]})
+def _rewired_draw(g0: ig.Graph, rewire_seed: int, draw: int, nodes: list[int], table: pd.DataFrame,
+                  metrics: list[str], cfg: ClusteringConfig, seed: int) -> list[dict]:
+    """One rewired-null draw on :mod:`featsweep.graph_engine`: rewire, recluster, and (2+ kept clusters) the
+    centralities among ``metrics`` and the F and H over the kept clusters. ``table``: the attribution metrics,
+    one row per vertex of ``g0`` (``nodes``)."""
+    g = graph_engine.rewire(g0, rewire_seed)
+    first = graph_engine.communities(g, cfg.algorithm, cfg.weighted, cfg.resolution, seed, nodes)
+    membership, kept = graph_engine.kept_membership(g, first, cfg.min_cluster_size, cfg.recluster_kept,
+                                                    cfg.algorithm, cfg.weighted, cfg.resolution, seed, nodes)
+    f_stat = h_stat = np.full(len(metrics), np.nan)
+    if len(kept) >= 2:
+        central, _ = graph_engine.centralities(g, cfg.weighted, [m for m in graph_engine.CENTRALITIES if m in metrics])
+        values = table.reindex(columns=metrics).to_numpy(dtype=float)
+        for name, column in central.items():
+            values[:, metrics.index(name)] = column
+        in_kept = np.isin(membership, kept)
+        f_stat, h_stat = anova_kruskal_columns(values[in_kept], membership[in_kept])
+    return [{"draw": draw, "metric": m, "n_kept": len(kept), "anova_F": float(f), "kruskal_H": float(h)}
+            for m, f, h in zip(metrics, f_stat, h_stat)]
 
 
 def null_pvalues(tests: pd.DataFrame, null: pd.DataFrame, method: str = "bonferroni", prefix: str = "") -> pd.DataFrame:
@@ -332,13 +430,13 @@ def null_pvalues(tests: pd.DataFrame, null: pd.DataFrame, method: str = "bonferr
 
 
 def _null_statistics(network: Network, cfg: ClusteringConfig, seed: int, progress: bool, result: StageResult,
-                     metrics: list[str], engine: str) -> pd.DataFrame:
+                     metrics: list[str], engine: str, n_jobs: int = 1) -> pd.DataFrame:
     n_edges = network.graph.number_of_edges()
     modularity = network.modularity
     tested = len(network.kept_clusters) >= 2
     null = permutation_null(network.matrix, cfg, seed, progress, recluster=n_edges > 0, match_edges=n_edges or None,
                             table=network.features if tested else None, metrics=metrics if tested else None,
-                            engine=engine)
+                            engine=engine, n_jobs=n_jobs)
     for name, observed, column in (("edges", float(n_edges), "n_edges"), ("modularity", modularity, "modularity"),
                                    ("matched_modularity", modularity, "matched_modularity")):
         summary = null_summary(observed, null[column].to_numpy())

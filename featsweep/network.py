@@ -1,8 +1,9 @@
 """The network stage: the co-occurrence network of the selected features, described and tested for H1.
 
-* **Feature cap.** ``clustering.max_features`` (default 500) keeps the features of largest mean |attribution|
+* **Feature cap.** ``clustering.max_features`` (default 2,000) keeps the features of largest mean |attribution|
   when more vary across prompts (metric ``network.n_capped_features``, tag ``network.feature_cap``): community
-  detection and betweenness grow superlinearly and run ``1 + n_null + n_bootstrap`` times.
+  detection runs ``1 + n_null + n_bootstrap + n_rewire`` times, and betweenness and closeness (all shortest
+  paths, ``O(n m)``) ``1 + n_null + n_rewire`` times.
 * **Constant features.** A feature whose attribution is the same on every prompt has no defined correlation.
   It is dropped before correlating and counted in ``network.n_constant_features``; it never gives NaN edges.
 * **Clusters.** Communities from ``featsweep.graph``; clusters with ``size >= clustering.min_cluster_size``

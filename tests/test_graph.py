@@ -67,6 +67,25 @@ def test_threshold_and_top_pairs_match_reference(edges):
     assert len(fg.top_pairs(corr, 0, edges)[0]) == 0
 
 
+@pytest.mark.parametrize("edges", ["abs", "positive"])
+def test_top_pairs_sampled_cut_gives_the_full_sort_with_ties(edges):
+    # correlations rounded to 2 decimals: many ties, and k falls inside a tie; the sampled-cut path (k much
+    # smaller than the number of pairs) must choose and order exactly as a stable sort of all pairs
+    rng = np.random.default_rng(2)
+    corr = np.round(fg.correlate(rng.normal(size=(15, 400))), 2)
+    n = corr.shape[0]
+    score = np.where(np.tri(n, dtype=bool), -np.inf, np.abs(corr) if edges == "abs" else corr).ravel()
+    inside_tie = 0
+    for k in (1, 37, 500, 3000):
+        order = np.argsort(-score, kind="stable")[:k]
+        order = order[score[order] > 0]
+        inside_tie += score[order[-1]] == score[np.argsort(-score, kind="stable")[k]]
+        i, j, r = fg.top_pairs(corr, k, edges)
+        np.testing.assert_array_equal(i * n + j, order)
+        np.testing.assert_array_equal(r, corr.ravel()[order])
+    assert inside_tie >= 2  # k cut through a tie
+
+
 @pytest.mark.parametrize("weighted", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_centralities_match_networkx(weighted, seed):

@@ -3,6 +3,8 @@ count, re-clustering the kept subset, and the null is calibrated where the nomin
 
 from __future__ import annotations
 
+import random
+
 import matplotlib.pyplot as plt
 import networkx as nx
 import numpy as np
@@ -10,40 +12,116 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
+from featsweep import graph_engine
 from featsweep.config import ClusteringConfig
 from featsweep.graph import detect_communities
 from featsweep.graph import centralities
-from featsweep.h1 import h1_statistics, kept_partition, null_centralities, null_pvalues, rewire
+from featsweep.h1 import (bootstrap_stability, draw_jobs, h1_statistics, kept_partition, null_pvalues, permutation_null,
+                          rewire_reference, rewired_null)
 from featsweep.network import build_network
 from featsweep.stats import anova_kruskal_columns
 
 CENTRALITY = ["degree", "betweenness", "closeness", "eigenvector"]
 
 
-def test_rewire_keeps_every_degree_and_the_weights():
+def _weighted_random_graph():
     graph = nx.gnm_random_graph(30, 70, seed=1)
     for k, (a, b) in enumerate(graph.edges):
         graph.edges[a, b].update(weight=0.3 + k / 1000, distance=0.7 - k / 1000, r=0.3 + k / 1000)
-    rewired = rewire(graph, 5)
+    return graph
+
+
+def test_reference_rewire_keeps_every_degree_and_the_weights():
+    graph = _weighted_random_graph()
+    rewired = rewire_reference(graph, 5)
     assert dict(rewired.degree) == dict(graph.degree)
     assert set(rewired.edges) != set(graph.edges)
     assert sorted(d["weight"] for *_, d in rewired.edges(data=True)) == sorted(d["weight"] for *_, d in graph.edges(data=True))
     assert all(d["distance"] == pytest.approx(1 - d["weight"]) for *_, d in rewired.edges(data=True))
-    assert nx.utils.edges_equal(rewire(graph, 5).edges, rewired.edges)  # seeded
+    assert nx.utils.edges_equal(rewire_reference(graph, 5).edges, rewired.edges)  # seeded
+
+
+def test_igraph_rewire_keeps_every_degree_and_the_weights_and_is_seeded():
+    g, nodes = graph_engine.from_networkx(_weighted_random_graph())
+    state = random.getstate()
+    rewired = graph_engine.rewire(g, 5)
+    assert random.getstate() == state  # igraph drew from a private generator
+    assert rewired.degree() == g.degree() and rewired.is_simple()
+    edges = lambda h: {tuple(sorted(e)) for e in h.get_edgelist()}  # noqa: E731
+    assert len(edges(rewired) ^ edges(g)) > g.ecount()  # most edges moved (10 m swap trials)
+    for attr in ("weight", "r", "distance"):
+        assert sorted(rewired.es[attr]) == sorted(g.es[attr])
+    np.testing.assert_allclose(rewired.es["distance"], 1 - np.asarray(rewired.es["weight"]))  # attributes move together
+    assert g.get_edgelist() == graph_engine.from_networkx(_weighted_random_graph())[0].get_edgelist()  # g untouched
+    again = graph_engine.rewire(g, 5)
+    assert again.get_edgelist() == rewired.get_edgelist() and again.es["weight"] == rewired.es["weight"]
+    assert graph_engine.rewire(g, 6).get_edgelist() != rewired.get_edgelist()
 
 
 @pytest.mark.parametrize("weighted", [True, False])
-def test_null_centralities_match_the_networkx_reference(weighted):
+def test_engine_centralities_of_null_graphs_match_the_networkx_reference(weighted):
     graph = nx.disjoint_union(nx.gnm_random_graph(25, 50, seed=2), nx.gnm_random_graph(12, 14, seed=3))
     graph.add_nodes_from([100, 101])  # several components and isolated nodes
     rng = np.random.default_rng(0)
     for a, b in graph.edges:
         w = rng.uniform(0.3, 0.95)
-        graph.edges[a, b].update(weight=w, distance=1 - w)
+        graph.edges[a, b].update(weight=w, distance=1 - w, r=w)
     assert nx.number_connected_components(graph) > 1
-    fast = null_centralities(graph, weighted).set_index("feature")
-    reference = centralities(graph, weighted)[0].set_index("feature")
-    pd.testing.assert_frame_equal(fast, reference, check_exact=False, atol=1e-9)
+    g, nodes = graph_engine.from_networkx(graph)
+    reference = centralities(graph, weighted)[0].set_index("feature").loc[nodes]
+    fast, _ = graph_engine.centralities(g, weighted)
+    for name in CENTRALITY:
+        np.testing.assert_allclose(fast[name], reference[name], atol=1e-6, rtol=0, err_msg=name)
+    some, method = graph_engine.centralities(g, weighted, ["degree", "closeness"])  # only what is asked
+    assert list(some) == ["degree", "closeness"] and method == "not_computed"
+    np.testing.assert_array_equal(some["closeness"], fast["closeness"])
+
+
+def _planted_network(cfg, n_prompts=60, seed=4):
+    rng = np.random.default_rng(seed)
+    truth = np.repeat([0, 1, 2, 3], [12, 10, 9, 5])
+    values = rng.normal(size=(n_prompts, 4))[:, truth] + 1.1 * rng.normal(size=(n_prompts, len(truth)))
+    matrix = pd.DataFrame(values, columns=sorted(rng.choice(5000, size=len(truth), replace=False).tolist()))
+    return build_network(matrix, cfg, 0, None, None)
+
+
+def test_rewired_null_on_igraph_agrees_in_distribution_with_the_networkx_reference():
+    # Not the same random swaps (igraph's and networkx's generators differ), so per-draw numbers differ: compare the
+    # null distributions of F per metric (two-sample Kolmogorov-Smirnov) over 80 draws of each.
+    cfg = ClusteringConfig(threshold=0.25, min_cluster_size=4, n_rewire=80)
+    network = _planted_network(cfg)
+    assert len(network.kept_clusters) >= 2
+    metrics = CENTRALITY + ["abs_corr", "std"]
+    fast = rewired_null(network, cfg, 0, metrics, progress=False, engine="igraph")
+    reference = rewired_null(network, cfg, 0, metrics, progress=False, engine="networkx")
+    pd.testing.assert_frame_equal(fast, rewired_null(network, cfg, 0, metrics, progress=False))  # seeded
+    assert fast["anova_F"].notna().mean() > 0.9 and reference["anova_F"].notna().mean() > 0.9
+    for metric in metrics:
+        a = fast.loc[fast["metric"] == metric, "anova_F"].dropna()
+        b = reference.loc[reference["metric"] == metric, "anova_F"].dropna()
+        assert sps.ks_2samp(a, b).pvalue > 0.01, metric
+        assert not np.allclose(a.to_numpy()[:len(b)], b.to_numpy()[:len(a)])  # different draws, not a copy
+    n_kept = fast.groupby("draw")["n_kept"].first()
+    assert abs(n_kept.mean() - reference.groupby("draw")["n_kept"].first().mean()) < 1.0
+
+
+def test_matched_null_tests_on_igraph_match_the_networkx_reference():
+    # The same shuffles give the same edge-matched graphs; where both engines find the same partition (equal
+    # matched modularity), the F and H of every metric must agree.
+    cfg = ClusteringConfig(threshold=0.25, min_cluster_size=4, n_null=12, n_bootstrap=0, n_rewire=0)
+    network = _planted_network(cfg)
+    metrics = CENTRALITY + ["abs_corr", "max", "std"]
+    n_edges = network.graph.number_of_edges()
+    runs = {engine: permutation_null(network.matrix, cfg, 0, progress=False, match_edges=n_edges,
+                                     table=network.features, metrics=metrics, engine=engine)
+            for engine in ("igraph", "networkx")}
+    fast, reference = runs["igraph"], runs["networkx"]
+    same = np.abs(fast["matched_modularity"] - reference["matched_modularity"]) < 1e-12
+    assert same.sum() >= len(same) // 2
+    stats = [c for c in fast.columns if c[:2] in ("F:", "H:")]
+    assert fast.loc[same, stats].notna().to_numpy().mean() > 0.5
+    np.testing.assert_allclose(fast.loc[same, stats].to_numpy(float), reference.loc[same, stats].to_numpy(float),
+                               rtol=1e-6, atol=1e-9)
 
 
 def test_fast_anova_and_kruskal_match_scipy():
@@ -85,6 +163,11 @@ def test_recluster_kept_reclusters_the_kept_subgraph_only():
     groups = lambda part, fs: sorted(sorted(f for f in fs if part[f] == c) for c in {part[f] for f in fs})  # noqa: E731
     assert groups(partition, members) == groups(expected, members)
     assert all(len([f for f in partition if partition[f] == c]) >= 8 for c in kept)
+    # the engine's version (rewired and matched nulls, bootstrap) gives the same partition and kept clusters
+    g, nodes = graph_engine.from_networkx(network.graph)
+    first_ids = np.array([first[f] for f in nodes])
+    membership, kept_ig = graph_engine.kept_membership(g, first_ids, 8, True, cfg.algorithm, cfg.weighted, 1.0, 0, nodes)
+    assert dict(zip(nodes, membership.tolist())) == partition and kept_ig == kept
 
 
 def _calibration(repeats: int, n_rewire: int):
@@ -113,3 +196,23 @@ def test_graph_aware_nulls_are_calibrated_where_nominal_anova_is_not():
     assert np.mean(matched < 0.05) <= 0.10
     assert np.mean(rewired < 0.05) <= 0.15  # rewiring alone is somewhat liberal on correlation graphs
     assert np.mean(nominal < 0.05) >= 0.25  # the circular test rejects far more often
+
+
+def test_draws_on_a_process_pool_give_the_serial_numbers():
+    # the shuffles, resamples and rewiring seeds are drawn in the caller's order; each draw is a pure function of
+    # them, so two worker processes must reproduce the in-process tables exactly (not to a tolerance)
+    cfg = ClusteringConfig(threshold=0.25, min_cluster_size=4, n_null=4, n_bootstrap=3, n_rewire=4, n_jobs=2)
+    network = _planted_network(cfg)
+    metrics = CENTRALITY + ["abs_corr", "std"]
+    n_edges = network.graph.number_of_edges()
+    for n_jobs in (1, 2):
+        null = permutation_null(network.matrix, cfg, 0, progress=False, match_edges=n_edges, table=network.features,
+                                metrics=metrics, n_jobs=n_jobs)
+        rewired = rewired_null(network, cfg, 0, metrics, progress=False, n_jobs=n_jobs)
+        boot = bootstrap_stability(network.matrix, network.partition, cfg, 0, progress=False, n_jobs=n_jobs)
+        if n_jobs == 1:
+            serial = (null, rewired, boot)
+    assert null["F:betweenness"].notna().any() and rewired["anova_F"].notna().any()
+    for parallel, expected in zip((null, rewired, boot), serial):
+        pd.testing.assert_frame_equal(parallel, expected, check_exact=True)
+    assert draw_jobs(ClusteringConfig(n_jobs=3), 10) == 3 and draw_jobs(ClusteringConfig(), 10) == 1
