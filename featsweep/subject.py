@@ -210,7 +210,7 @@ def load_local_sae(sae_cfg, device: str, dtype: torch.dtype) -> tuple[SAE, str, 
         raise FeatsweepError(f"sae.path={path} holds no SAE saved by SAE Lens (no cfg.json).{hint}")
     with warnings.catch_warnings():
         # it asks for a model loaded without weight processing, which is how featsweep loads every model
-        warnings.filterwarnings("ignore", message=".*model_from_pretrained_kwargs.*")
+        warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
         sae = SAE.load_from_disk(str(path), device=device, dtype=str(dtype).removeprefix("torch."))
     weights = path / "sae_weights.safetensors"
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.exists() else "unknown"
