@@ -212,9 +212,7 @@ def load_local_sae(sae_cfg, device: str, dtype: torch.dtype) -> tuple[SAE, str, 
         # it asks for a model loaded without weight processing, which is how featsweep loads every model
         warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pretrained_kwargs")
         sae = SAE.load_from_disk(str(path), device=device, dtype=str(dtype).removeprefix("torch."))
-    weights = path / "sae_weights.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if weights.exists() else "unknown"
-    return sae, sae.cfg.metadata.hook_name, None, f"local:{path.name}:{digest}"
+    return sae, sae.cfg.metadata.hook_name, None, f"local:{path.name}:{_assets_digest(str(path))}"
 
 
 def load_sae(sae_cfg, model_cfg, device: str, dtype: torch.dtype, seed: int) -> tuple[SAE, str, Optional[str], str]:

@@ -141,3 +141,14 @@ def test_fold_decoder_norms_keeps_the_sae_and_makes_contributions_a_times_w_dec(
     torch.testing.assert_close(sae.encode(x), acts, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sae.decode(sae.encode(x)), recon, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sae.encode(x) @ sae.W_dec + sae.b_dec, recon, atol=1e-5, rtol=1e-5)
+
+
+def test_local_sae_trained_on_another_model_is_refused(tmp_path):
+    """sae.source=local: an SAE that fits the model's width but records another model is refused in one line."""
+    sae = StandardSAE(StandardSAEConfig(d_in=768, d_sae=32))
+    sae.cfg.metadata.model_name, sae.cfg.metadata.hook_name = "some-other-model", "blocks.3.hook_resid_pre"
+    sae.save_model(str(tmp_path / "layer_3"))
+    cfg = compose_with(["model=gpt2-small", "model.random_init=true", "sae=smollm2-res", "sae.layer=3",
+                        f"sae.path={tmp_path}/layer_3"])
+    with pytest.raises(FeatsweepError, match="trained on model 'some-other-model'.*Pick an SAE trained on this model"):
+        load_subject(cfg)

@@ -119,3 +119,15 @@ def test_filter_keeps_prompts_ranked_first_and_counts_the_rest():
     none = load_task(TaskConfig(limit=30, filter=TaskFilter.correct_top1), subject.model, seed=0)
     assert none.n == 30 and none.n_filtered_out == 0 and "not applied" in none.filter_note
     assert "task.filter_skipped" in task_stage(subject.model, none, 8)[1].tags
+
+
+def test_prefix_is_shared_and_a_prefix_naming_task_subjects_is_flagged(tiny_subject, caplog):
+    plain = load_task(TaskConfig(limit=6), tiny_subject.model, seed=0)
+    shots = "Fact: Someone plays the sport of golf\n"
+    fewshot = load_task(TaskConfig(limit=6, prefix=shots), tiny_subject.model, seed=0)
+    assert all(p.startswith(shots) for p in fewshot.frame["prompt"])
+    assert fewshot.prefix_len > plain.prefix_len  # the prefix's positions count as shared prefix
+    assert not any("task.prefix names" in r.message for r in caplog.records)
+    leaked = f"Fact: {plain.frame['subject'][0]} plays the sport of golf\n"
+    load_task(TaskConfig(limit=6, prefix=leaked), tiny_subject.model, seed=0)
+    assert any("task.prefix names 1 of the task's own subjects" in r.message for r in caplog.records)
