@@ -223,9 +223,15 @@ class ClusteringConfig:
     # worker processes for the null and bootstrap draws (the same numbers as in process); null = every core
     # for networks of 400+ features, in process below (featsweep.h1.draw_jobs)
     n_jobs: Optional[int] = None
+    # The cluster tests' betweenness and closeness (observed graph and every null graph alike): in a component of
+    # more nodes than this, estimated from this many seeded random source nodes (O(sources * edges) instead of
+    # O(nodes * edges)); exact below, and everywhere with null. The features table keeps the exact values.
+    centrality_sources: Optional[int] = 256
 
     def __post_init__(self) -> None:
         _at_least("clustering.n_rewire", self.n_rewire, 0)
+        if self.centrality_sources is not None:
+            _at_least("clustering.centrality_sources", self.centrality_sources, 2)
         if self.n_jobs is not None:
             _at_least("clustering.n_jobs", self.n_jobs, 1)
         if not 0 < self.threshold <= 1:

@@ -28,6 +28,7 @@ Conventions (each one is an option or a documented choice):
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import networkx as nx
 import numpy as np
@@ -136,18 +137,36 @@ def partition_modularity(graph: nx.Graph, partition: dict[int, int], weighted: b
                                          resolution=resolution))
 
 
-def centralities(graph: nx.Graph, weighted: bool = True) -> tuple[pd.DataFrame, str]:
+def choose_sources(components: list, n: int, k: int, seed: int) -> np.ndarray:
+    """Sorted positions (in node order) of the sources of a sampled betweenness/closeness estimate: every node of
+    a component of at most ``k`` nodes, and the ``k`` of smallest seeded random priority in a larger one. The
+    priority is drawn per position, so the choice does not depend on the order the components are listed in."""
+    priority = np.random.default_rng([int(seed), 4]).random(n)
+    chosen = []
+    for members in components:
+        members = np.asarray(list(members), dtype=np.int64)
+        chosen.append(members if len(members) <= k else members[np.argsort(priority[members], kind="stable")[:k]])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def centralities(graph: nx.Graph, weighted: bool = True, sources: Optional[int] = None, seed: int = 0
+                 ) -> tuple[pd.DataFrame, str]:
     """degree, betweenness, closeness and eigenvector centrality per node, and how eigenvector was found.
 
     Method: ``eigh`` (connected graph), ``eigh_per_component`` (disconnected) or ``undefined`` (no edges: every
-    node gets 0). See the module docstring.
+    node gets 0). See the module docstring. ``sources``: in components of more nodes, betweenness and closeness
+    are estimated from that many sources (:func:`sampled_paths`); ``None``: exact.
     """
     nodes = list(graph.nodes)
     distance = "distance" if weighted else None
     weight = "weight" if weighted else None
     degree = nx.degree_centrality(graph) if len(nodes) > 1 else {n: 0.0 for n in nodes}
-    betweenness = nx.betweenness_centrality(graph, weight=distance, normalized=True)
-    closeness = nx.closeness_centrality(graph, distance=distance)
+    components = list(nx.connected_components(graph))
+    if sources is not None and graph.number_of_edges() and max(len(c) for c in components) > sources:
+        betweenness, closeness = sampled_paths(graph, components, distance, sources, seed)
+    else:
+        betweenness = nx.betweenness_centrality(graph, weight=distance, normalized=True)
+        closeness = nx.closeness_centrality(graph, distance=distance)
     if graph.number_of_edges() == 0:
         eigen, method = {n: 0.0 for n in nodes}, "undefined"
     else:
@@ -160,6 +179,40 @@ def centralities(graph: nx.Graph, weighted: bool = True) -> tuple[pd.DataFrame, 
         "eigenvector": [float(eigen[n]) for n in nodes],
     })
     return frame, method
+
+
+def sampled_paths(graph: nx.Graph, components: list, distance, k: int, seed: int) -> tuple[dict, dict]:
+    """Betweenness and closeness (networkx's normalisation) from the shortest paths of :func:`choose_sources`'
+    sources only. Betweenness: Brandes and Pich's unbiased estimate, the sources' dependencies
+    (``nx.betweenness_centrality_subset``) times ``component size / sources in it``. Closeness: ``(sources in the
+    component other than the node) / (their summed distances to it)``, times ``(size - 1) / (n - 1)`` as
+    ``nx.closeness_centrality`` (Eppstein and Wang's estimate). Exact where every node of a component is a source."""
+    nodes = list(graph.nodes)
+    n = len(nodes)
+    position = {node: p for p, node in enumerate(nodes)}
+    chosen = choose_sources([[position[v] for v in c] for c in components], n, k, seed)
+    sources = [nodes[p] for p in chosen]
+    size, in_comp = {}, {}
+    source_set = set(sources)
+    for members in components:
+        count = sum(1 for v in members if v in source_set)
+        for v in members:
+            size[v], in_comp[v] = len(members), count
+    subset = nx.betweenness_centrality_subset(graph, sources=sources, targets=nodes, weight=distance, normalized=False)
+    scale = 2 / ((n - 1) * (n - 2)) if n > 2 else 0.0
+    betweenness = {v: subset[v] * size[v] / in_comp[v] * scale for v in nodes}
+    summed = dict.fromkeys(nodes, 0.0)
+    for s in sources:
+        lengths = (nx.single_source_dijkstra_path_length(graph, s, weight=distance) if distance
+                   else nx.single_source_shortest_path_length(graph, s))
+        for v, d in lengths.items():
+            summed[v] += d
+    closeness = {}
+    for v in nodes:
+        counted = in_comp[v] - (v in source_set)
+        closeness[v] = (counted / summed[v] * (size[v] - 1) / (n - 1)
+                        if size[v] > 1 and summed[v] > 0 and n > 1 else 0.0)
+    return betweenness, closeness
 
 
 def eigenvector_per_component(graph: nx.Graph, weight) -> tuple[dict, str]:

@@ -189,7 +189,7 @@ def _matched_tests(graph: nx.Graph, first: dict[int, int], shuffled: np.ndarray,
     out = {f"{k}:{m}": np.nan for k in "FH" for m in metrics}
     if len(kept) < 2:
         return out
-    central = centralities(graph, cfg.weighted)[0]
+    central = centralities(graph, cfg.weighted, cfg.centrality_sources, seed)[0]
     table = features.set_index("feature").loc[central["feature"]].reset_index()
     table[["degree", "betweenness", "closeness", "eigenvector"]] = central[["degree", "betweenness", "closeness",
                                                                               "eigenvector"]].to_numpy()
@@ -215,7 +215,8 @@ def _engine_matched_tests(g: ig.Graph, membership: np.ndarray, feats: list[int],
                                                     cfg.algorithm, cfg.weighted, cfg.resolution, seed, feats)
     if len(kept) < 2:
         return out
-    central, _ = graph_engine.centralities(g, cfg.weighted, [m for m in graph_engine.CENTRALITIES if m in metrics])
+    central, _ = graph_engine.centralities(g, cfg.weighted, [m for m in graph_engine.CENTRALITIES if m in metrics],
+                                           cfg.centrality_sources, seed)
     table = features.set_index("feature").loc[feats]
     for name, values in central.items():
         table[name] = values
@@ -280,7 +281,7 @@ def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_ma
         result.tables["tables/h1_bootstrap.parquet"] = boot
     kept = network.kept_clusters
     if len(kept) >= 2:
-        tests = cluster_tests(network.features, metrics, clusters=kept)
+        tests = cluster_tests(tested_features(network, cfg, seed, engine, result), metrics, clusters=kept)
         if cfg.n_rewire > 0:
             rewired = rewired_null(network, cfg, seed, metrics, progress, engine, n_jobs)
             tests = null_pvalues(tests, rewired)
@@ -300,6 +301,33 @@ def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_ma
     verdict, reason = h1_verdict(result.metrics, len(kept))
     result.tags.update({"h1.verdict": verdict, "h1.verdict_reason": reason})
     return result
+
+
+def tested_features(network: Network, cfg: ClusteringConfig, seed: int, engine: str,
+                    result: StageResult) -> pd.DataFrame:
+    """The per-feature table the observed cluster tests use: the features table, with betweenness and closeness
+    estimated as in every null graph (``clustering.centrality_sources``, seeded by ``seed``) when the observed
+    graph has a component larger than that; the null and the observed statistic are then the same function of
+    their graph, as a valid test needs. The features table itself keeps the exact values (tag
+    ``h1.centrality_estimate`` says when the tests used the estimate)."""
+    k = cfg.centrality_sources
+    if engine == "igraph":
+        g, nodes = graph_engine.from_networkx(network.graph)
+        if not graph_engine.needs_estimate(g, k):
+            return network.features
+        central, _ = graph_engine.centralities(g, cfg.weighted, ("betweenness", "closeness"), k, seed)
+        estimate = pd.DataFrame({"feature": nodes, **central})
+    else:
+        components = list(nx.connected_components(network.graph))
+        if k is None or not network.graph.number_of_edges() or max(len(c) for c in components) <= k:
+            return network.features
+        estimate = centralities(network.graph, cfg.weighted, k, seed)[0][["feature", "betweenness", "closeness"]]
+    result.tags["h1.centrality_estimate"] = (
+        f"The cluster tests' betweenness and closeness (observed and null graphs alike) are estimated from "
+        f"clustering.centrality_sources={k} sampled sources per component; tables/features.parquet has the "
+        f"exact values. clustering.centrality_sources=null tests the exact ones (slower).")
+    table = network.features.drop(columns=["betweenness", "closeness"])
+    return table.merge(estimate, on="feature")[network.features.columns]
 
 
 def kept_partition(graph: nx.Graph, cfg: ClusteringConfig, seed: int, partition: Optional[dict[int, int]] = None
@@ -377,7 +405,7 @@ def rewired_null(network: Network, cfg: ClusteringConfig, seed: int, metrics: li
         graph = rewire_reference(network.graph, int(rng.integers(2**31)))
         partition, kept = kept_partition(graph, cfg, seed + draw)
         if len(kept) >= 2:
-            central = centralities(graph, cfg.weighted)[0]
+            central = centralities(graph, cfg.weighted, cfg.centrality_sources, seed + draw)[0]
             merged = central.merge(fixed, on="feature")
             clusters = np.array([partition[f] for f in merged["feature"]])
             in_kept = np.isin(clusters, kept)
@@ -399,7 +427,8 @@ def _rewired_draw(g0: ig.Graph, rewire_seed: int, draw: int, nodes: list[int], t
                                                     cfg.algorithm, cfg.weighted, cfg.resolution, seed, nodes)
     f_stat = h_stat = np.full(len(metrics), np.nan)
     if len(kept) >= 2:
-        central, _ = graph_engine.centralities(g, cfg.weighted, [m for m in graph_engine.CENTRALITIES if m in metrics])
+        central, _ = graph_engine.centralities(g, cfg.weighted, [m for m in graph_engine.CENTRALITIES if m in metrics],
+                                               cfg.centrality_sources, seed)
         values = table.reindex(columns=metrics).to_numpy(dtype=float)
         for name, column in central.items():
             values[:, metrics.index(name)] = column

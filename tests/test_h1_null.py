@@ -77,6 +77,86 @@ def test_engine_centralities_of_null_graphs_match_the_networkx_reference(weighte
     np.testing.assert_array_equal(some["closeness"], fast["closeness"])
 
 
+def _weighted_components(seed=0):
+    """A 70-node component, a 9-node one and two isolated nodes, weights in (0.3, 0.95)."""
+    graph = nx.disjoint_union(nx.gnm_random_graph(70, 260, seed=seed), nx.gnm_random_graph(9, 14, seed=seed + 1))
+    graph.add_nodes_from([200, 201])
+    rng = np.random.default_rng(seed)
+    for a, b in graph.edges:
+        w = rng.uniform(0.3, 0.95)
+        graph.edges[a, b].update(weight=w, distance=1 - w, r=w)
+    assert nx.is_connected(graph.subgraph(range(70)))
+    return graph
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_sampled_centralities_match_the_networkx_subset_reference_and_are_exact_where_all_are_sources(weighted):
+    graph = _weighted_components()
+    g, nodes = graph_engine.from_networkx(graph)
+    exact = centralities(graph, weighted)[0].set_index("feature").loc[nodes]
+    for seed in (0, 1):
+        # reference: nx.betweenness_centrality_subset and nx Dijkstra from the same sources (graph.sampled_paths)
+        reference = centralities(graph, weighted, sources=12, seed=seed)[0].set_index("feature").loc[nodes]
+        fast, _ = graph_engine.centralities(g, weighted, sources=12, seed=seed)
+        for name in CENTRALITY:
+            np.testing.assert_allclose(fast[name], reference[name], atol=1e-9, rtol=0, err_msg=name)
+        small = np.arange(70, len(nodes))  # the 9-node component and the isolated nodes: every node a source
+        for name in ("betweenness", "closeness"):
+            np.testing.assert_allclose(fast[name][small], exact[name].to_numpy()[small], atol=1e-12, err_msg=name)
+            assert not np.allclose(fast[name][:70], exact[name].to_numpy()[:70])  # an estimate in the large one
+    assert not np.allclose(graph_engine.centralities(g, weighted, sources=12, seed=0)[0]["betweenness"],
+                           graph_engine.centralities(g, weighted, sources=12, seed=1)[0]["betweenness"])
+    for sources in (None, 70, 500):  # no component larger: the exact values
+        fast, _ = graph_engine.centralities(g, weighted, sources=sources)
+        for name in CENTRALITY:
+            np.testing.assert_allclose(fast[name], exact[name], atol=1e-9, rtol=0, err_msg=name)
+    assert graph_engine.needs_estimate(g, 69) and not graph_engine.needs_estimate(g, 70)
+
+
+def test_sampled_betweenness_is_unbiased_and_closeness_consistent():
+    # Brandes-Pich: the sources' dependencies times (component size / sources) average to the exact betweenness
+    # over the choice of sources. 400 seeded draws of 10 sources in a 70-node component; each node's mean is
+    # within 5 Monte-Carlo standard errors of networkx's exact value (a wrong scale factor fails by far).
+    graph = _weighted_components(seed=3)
+    g, nodes = graph_engine.from_networkx(graph)
+    exact = centralities(graph, True)[0].set_index("feature").loc[nodes]
+    draws = {name: np.array([graph_engine.centralities(g, True, ("betweenness", "closeness"), 10, seed)[0][name]
+                             for seed in range(400)]) for name in ("betweenness", "closeness")}
+    btw = draws["betweenness"][:, :70]
+    se = btw.std(axis=0, ddof=1) / np.sqrt(len(btw)) + 1e-12
+    assert np.all(np.abs(btw.mean(axis=0) - exact["betweenness"].to_numpy()[:70]) < 5 * se)
+    # closeness = (size - 1) / (n - 1) / (mean distance from the sources): that mean distance is unbiased (a
+    # uniform sample of the other nodes), closeness itself a consistent ratio estimate
+    n, scale = len(nodes), 69 / (len(nodes) - 1)
+    mean_distance = scale / draws["closeness"][:, :70]
+    se = mean_distance.std(axis=0, ddof=1) / np.sqrt(len(mean_distance)) + 1e-12
+    assert np.all(np.abs(mean_distance.mean(axis=0) - scale / exact["closeness"].to_numpy()[:70]) < 5 * se)
+    assert n == 81
+
+
+def test_cluster_tests_use_the_estimate_where_the_nulls_do_and_the_table_stays_exact():
+    cfg = ClusteringConfig(threshold=0.25, min_cluster_size=4, n_null=0, n_bootstrap=0, n_rewire=0,
+                           centrality_sources=6)
+    network = _planted_network(cfg)
+    assert len(network.kept_clusters) >= 2
+    exact = centralities(network.graph, cfg.weighted)[0].set_index("feature")
+    table = network.features.set_index("feature")
+    np.testing.assert_allclose(table["betweenness"], exact.loc[table.index, "betweenness"], atol=1e-9)  # exact table
+    results = {engine: h1_statistics(network, cfg, 0, has_gen_max=False, progress=False, engine=engine)
+               for engine in ("igraph", "networkx")}
+    estimate = centralities(network.graph, cfg.weighted, sources=6, seed=0)[0].set_index("feature")
+    kept = table["cluster"].isin(network.kept_clusters)
+    for name in ("betweenness", "closeness"):
+        expected = sps.f_oneway(*[estimate.loc[group.index, name] for _, group in table[kept].groupby("cluster")])
+        for result in results.values():
+            assert result.metrics[f"h1.{name}.anova_F"] == pytest.approx(expected.statistic, rel=1e-9)
+            assert "clustering.centrality_sources=6" in result.tags["h1.centrality_estimate"]
+    exact_run = h1_statistics(network, ClusteringConfig(**{**cfg.__dict__, "centrality_sources": None}), 0,
+                              has_gen_max=False, progress=False)
+    assert "h1.centrality_estimate" not in exact_run.tags
+    assert exact_run.metrics["h1.betweenness.anova_F"] != pytest.approx(results["igraph"].metrics["h1.betweenness.anova_F"])
+
+
 def _planted_network(cfg, n_prompts=60, seed=4):
     rng = np.random.default_rng(seed)
     truth = np.repeat([0, 1, 2, 3], [12, 10, 9, 5])
@@ -105,10 +185,12 @@ def test_rewired_null_on_igraph_agrees_in_distribution_with_the_networkx_referen
     assert abs(n_kept.mean() - reference.groupby("draw")["n_kept"].first().mean()) < 1.0
 
 
-def test_matched_null_tests_on_igraph_match_the_networkx_reference():
+@pytest.mark.parametrize("sources", [None, 8])  # exact, and estimated from 8 sources per component
+def test_matched_null_tests_on_igraph_match_the_networkx_reference(sources):
     # The same shuffles give the same edge-matched graphs; where both engines find the same partition (equal
     # matched modularity), the F and H of every metric must agree.
-    cfg = ClusteringConfig(threshold=0.25, min_cluster_size=4, n_null=12, n_bootstrap=0, n_rewire=0)
+    cfg = ClusteringConfig(threshold=0.25, min_cluster_size=4, n_null=12, n_bootstrap=0, n_rewire=0,
+                           centrality_sources=sources)
     network = _planted_network(cfg)
     metrics = CENTRALITY + ["abs_corr", "max", "std"]
     n_edges = network.graph.number_of_edges()
