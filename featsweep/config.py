@@ -210,11 +210,10 @@ class ClusteringConfig:
     n_null: int = 300  # permutation-null repeats (also the edge-matched null of the cluster tests)
     n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
     # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
-    # run). Every H1 null graph of the cluster tests (n_null edge-matched + n_rewire rewired) needs its
-    # betweenness and closeness, O(n m) each in igraph's C core: with the default 300 + 300 draws, a planted
-    # 100-prompt matrix at threshold 0.7 took ~35 CPU s at 1,000 features and ~360 CPU s at 2,000 (its null
-    # graphs get a giant component), and denser graphs cost proportionally more (README, "network stage").
-    # A random SAE at GPT-2 shape has ~15k varying features. null = no cap.
+    # run). Every H1 null graph of the cluster tests (n_null edge-matched + n_rewire rewired) is reclustered and
+    # needs its betweenness and closeness (from centrality_sources sources), so the stage's cost grows with
+    # features x edges x draws (README, "network stage"). A random SAE at GPT-2 shape has ~15k varying
+    # features. null = no cap.
     max_features: Optional[int] = 2000
     # H1's graph-aware null: degree-preserving rewirings of the observed graph, reclustered (0 = off)
     n_rewire: int = 300

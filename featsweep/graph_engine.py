@@ -26,7 +26,11 @@ it; ``tests/test_graph.py`` compares the two:
 * **degree**: fraction of the other nodes a node is joined to (networkx ``degree_centrality``).
 * **betweenness**: igraph counts each unordered pair once; networkx's normalised value is ``2 b / ((n-1)(n-2))``.
 * **closeness**: networkx's (Wasserman-Faust) definition on disconnected graphs:
-  ``(k-1)/sum(d) * (k-1)/(n-1)`` with ``k`` the size of the node's component; 0 for an isolated node.
+  ``(k-1)/sum(d) * (k-1)/(n-1)`` with ``k`` the size of the node's component; 0 for an isolated node. The
+  distance sums come from scipy's Dijkstra (:func:`distance_sums`).
+* **sampled betweenness and closeness** (``sources=``, for the H1 cluster tests): from the shortest paths of a
+  seeded sample of source nodes in each component larger than ``sources`` (:func:`centralities`); the networkx
+  reference is ``featsweep.graph.sampled_paths`` (``nx.betweenness_centrality_subset`` and networkx's Dijkstra).
 * **eigenvector**: the principal (Perron) eigenvector of the weighted adjacency **of each connected
   component**, unit Euclidean norm within the component; isolated nodes 0. On a graph with one component of
   more than one node this is networkx's ``eigenvector_centrality`` (which on several components converges to
@@ -507,22 +511,20 @@ def centralities(g: ig.Graph, weighted: bool = True, which=CENTRALITIES, sources
         components = g.connected_components()
         comp = np.asarray(components.membership)
         size = np.bincount(comp)[comp].astype(float)  # size of each vertex's component
-        src = None
-        if needs_estimate(g, sources):
-            src = choose_sources(list(components), n, int(sources), seed)
+        estimate = needs_estimate(g, sources)
+        src = choose_sources(list(components), n, int(sources), seed) if estimate else np.arange(n)
+        in_comp = np.bincount(comp[src], minlength=comp.max() + 1)[comp]  # sources in each vertex's component
         if "betweenness" in which:
-            if src is None:
-                raw = np.asarray(g.betweenness(directed=False, weights=dist), dtype=float)
-            else:  # subset betweenness: the sources' dependencies (each unordered pair once, as the exact one)
-                per_comp = np.bincount(comp[src], minlength=comp.max() + 1)[comp]
+            if estimate:  # subset betweenness: the sources' dependencies (each unordered pair once, as the exact)
                 raw = np.asarray(g.betweenness(directed=False, weights=dist, sources=src.tolist()), dtype=float)
-                raw *= size / per_comp
+                raw *= size / in_comp
+            else:
+                raw = np.asarray(g.betweenness(directed=False, weights=dist), dtype=float)
             out["betweenness"] = raw * 2 / ((n - 1) * (n - 2)) if n > 2 else zeros
         if "closeness" in which:
-            src = np.arange(n) if src is None else src
             # (sources in the vertex's component, itself not counted) / (their summed distances to it); with
             # every vertex a source this is networkx's (k - 1) / sum(d)
-            counted = np.bincount(comp[src], minlength=comp.max() + 1)[comp] - np.isin(np.arange(n), src)
+            counted = in_comp - np.isin(np.arange(n), src)
             with np.errstate(invalid="ignore", divide="ignore"):
                 close = counted / distance_sums(g, src, dist)
             out["closeness"] = np.where(np.isfinite(close) & (size > 1), close, 0.0) * (size - 1) / max(n - 1, 1)

@@ -27,9 +27,14 @@
   ``mean_abs`` is ``abs_summed / n_prompts`` (identical tests), so only ``abs_summed`` is in it.
 
 Cost. Every null graph of the cluster tests (``n_null`` edge-matched graphs, ``n_rewire`` rewirings) needs its
-betweenness and closeness: all-pairs weighted shortest paths, ``O(n m)`` in igraph's C core, which is most of the
-stage's time on large dense graphs (``benchmarks/network.py``). The draws are pure functions of their shuffle,
-resample or seed, drawn in order in this process, so ``clustering.n_jobs`` worker processes give the same numbers.
+betweenness and closeness: all shortest paths, ``O(n m)``, and a null graph of shuffled data or a rewiring has one
+giant component. So the tests' betweenness and closeness come from ``clustering.centrality_sources`` seeded random
+source nodes per component larger than that (Brandes-Pich's unbiased betweenness, Eppstein-Wang's closeness;
+``graph_engine.centralities``), in the observed graph (:func:`tested_features`) and in every null graph alike, so
+that the observed and the null statistic stay one function of their graph, as a valid test needs. Components up
+to that size (the organism's networks, the blog's) are exact; the features table and H3 always use the exact
+values. The draws are pure functions of their shuffle, resample or seed, drawn in order in this process, so
+``clustering.n_jobs`` worker processes give the same numbers.
 """
 
 from __future__ import annotations

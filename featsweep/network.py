@@ -2,8 +2,9 @@
 
 * **Feature cap.** ``clustering.max_features`` (default 2,000) keeps the features of largest mean |attribution|
   when more vary across prompts (metric ``network.n_capped_features``, tag ``network.feature_cap``): community
-  detection runs ``1 + n_null + n_bootstrap + n_rewire`` times, and betweenness and closeness (all shortest
-  paths, ``O(n m)``) ``1 + n_null + n_rewire`` times.
+  detection runs ``1 + n_null + n_bootstrap + n_rewire`` times, and betweenness and closeness
+  ``1 + n_null + n_rewire`` times (from ``clustering.centrality_sources`` sources per large component in the
+  null graphs, ``featsweep.h1``).
 * **Constant features.** A feature whose attribution is the same on every prompt has no defined correlation.
   It is dropped before correlating and counted in ``network.n_constant_features``; it never gives NaN edges.
 * **Clusters.** Communities from ``featsweep.graph``; clusters with ``size >= clustering.min_cluster_size``
