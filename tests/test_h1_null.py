@@ -252,8 +252,9 @@ def test_recluster_kept_reclusters_the_kept_subgraph_only():
     assert dict(zip(nodes, membership.tolist())) == partition and kept_ig == kept
 
 
-def _calibration(repeats: int, n_rewire: int):
-    cfg = ClusteringConfig(threshold=0.2, min_cluster_size=3, n_null=n_rewire, n_bootstrap=0, n_rewire=n_rewire)
+def _calibration(repeats: int, n_rewire: int, sources=256):
+    cfg = ClusteringConfig(threshold=0.2, min_cluster_size=3, n_null=n_rewire, n_bootstrap=0, n_rewire=n_rewire,
+                           centrality_sources=sources)
     nominal, null, matched = [], [], []
     for rep in range(repeats):
         matrix = pd.DataFrame(np.random.default_rng([rep, 11]).normal(size=(50, 24)))  # no cluster structure
@@ -268,11 +269,12 @@ def _calibration(repeats: int, n_rewire: int):
     return np.array(nominal), np.array(null), np.array(matched)
 
 
-def test_graph_aware_nulls_are_calibrated_where_nominal_anova_is_not():
+@pytest.mark.parametrize("sources", [256, 6])  # exact; betweenness and closeness from 6 sources in every graph
+def test_graph_aware_nulls_are_calibrated_where_nominal_anova_is_not(sources):
     # 20 noise matrices x 4 centralities, 39 draws of each null (null_p < 0.05 then means "above every draw":
     # 1/40 under exchangeability). The verdict asks both nulls to reject: max(null_p, matched_null_p).
     # Larger scale (60 repeats): benchmarks/h1_calibration.py, numbers in the README.
-    nominal, rewired, matched = _calibration(repeats=20, n_rewire=39)
+    nominal, rewired, matched = _calibration(repeats=20, n_rewire=39, sources=sources)
     assert len(nominal) >= 40
     assert np.mean(np.maximum(rewired, matched) < 0.05) <= 0.08
     assert np.mean(matched < 0.05) <= 0.10
