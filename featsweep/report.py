@@ -94,6 +94,8 @@ class Report:
         note = ("<p>anova_p / anova_p_adj are NOMINAL (circular: the clusters and the centralities come from one "
                 "graph). null_p: against degree-preserving rewirings, reclustered; matched_null_p: against "
                 "edge-matched graphs of shuffled data, reclustered. *_adj: Bonferroni over the metrics.</p>")
+        if "h1.centrality_estimate" in self.tags:
+            note += f"<p>{html.escape(self.tags['h1.centrality_estimate'])}</p>"
         return _table(["network", "value"], summary) + note + (_table(["metric", *columns], rows) if rows else "")
 
     def _h2(self) -> str:

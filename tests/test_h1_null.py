@@ -19,6 +19,7 @@ from featsweep.graph import centralities
 from featsweep.h1 import (bootstrap_stability, draw_jobs, h1_statistics, kept_partition, null_pvalues, permutation_null,
                           rewire_reference, rewired_null)
 from featsweep.network import build_network
+from featsweep.report import Report
 from featsweep.stats import anova_kruskal_columns
 
 CENTRALITY = ["degree", "betweenness", "closeness", "eigenvector"]
@@ -154,6 +155,10 @@ def test_cluster_tests_use_the_estimate_where_the_nulls_do_and_the_table_stays_e
     exact_run = h1_statistics(network, ClusteringConfig(**{**cfg.__dict__, "centrality_sources": None}), 0,
                               has_gen_max=False, progress=False)
     assert "h1.centrality_estimate" not in exact_run.tags
+    report = Report()  # the run's report says so beside the H1 table
+    report.collect(results["igraph"])
+    assert "clustering.centrality_sources=6" in report.result({"steering": {"factor": 10.0}, "seed": 0}).files[
+        "report.html"].decode()
     assert exact_run.metrics["h1.betweenness.anova_F"] != pytest.approx(results["igraph"].metrics["h1.betweenness.anova_F"])
 
 
