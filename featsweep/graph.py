@@ -161,7 +161,7 @@ def centralities(graph: nx.Graph, weighted: bool = True, sources: Optional[int] 
     distance = "distance" if weighted else None
     weight = "weight" if weighted else None
     degree = nx.degree_centrality(graph) if len(nodes) > 1 else {n: 0.0 for n in nodes}
-    components = list(nx.connected_components(graph))
+    components = list(nx.connected_components(graph)) if sources is not None else []
     if sources is not None and graph.number_of_edges() and max(len(c) for c in components) > sources:
         betweenness, closeness = sampled_paths(graph, components, distance, sources, seed)
     else:
