@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from featsweep.config import ClusteringConfig
-from featsweep.h1 import h1_statistics
-from featsweep.network import build_network
+from featsweep.hypotheses.h1 import h1_statistics
+from featsweep.stages.network import build_network
 
 CENTRALITY = ["degree", "betweenness", "closeness", "eigenvector"]
 

@@ -40,7 +40,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from featsweep.config import ClusteringConfig  # noqa: E402
-from featsweep.network import network_stage  # noqa: E402
+from featsweep.stages.network import network_stage  # noqa: E402
 
 
 def planted(n_features: int, n_prompts: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:

@@ -36,10 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from featsweep.config import Contrast, SteeringConfig, SteeringPositions  # noqa: E402
-from featsweep.steering import Condition, SteeringEngine, first_steered, reference_run  # noqa: E402
-from featsweep.steering_tail import auto_token_budget, rows_per_chunk  # noqa: E402
-from featsweep.subject import Subject  # noqa: E402
-from featsweep.task import Task  # noqa: E402
+from featsweep.engines.intervention import Condition, SteeringEngine, first_steered, reference_run  # noqa: E402
+from featsweep.engines.fused_tail import auto_token_budget, rows_per_chunk  # noqa: E402
+from featsweep.subjects.loading import Subject  # noqa: E402
+from featsweep.stages.task import Task  # noqa: E402
 
 
 def build(args) -> tuple[Subject, Task]:
@@ -82,8 +82,8 @@ def smollm2(args) -> tuple[Subject, Task]:
     from hydra import compose, initialize_config_dir
 
     from featsweep.config import checked, register_configs
-    from featsweep.subject import load_subject
-    from featsweep.task import load_task
+    from featsweep.subjects.loading import load_subject
+    from featsweep.stages.task import load_task
 
     register_configs()
     conf = Path(__file__).resolve().parents[1] / "featsweep" / "conf"

@@ -4,7 +4,7 @@
     python benchmarks/steering_factor.py --factors 1,2,3,5,10 --extra sae.layer=2
 
 The push of a single feature is ``factor * scale_i * ||d_i||`` (``steering.scale``, the decoder row
-``d_i``; see featsweep/steering.py). The default run's network is built exactly as the pipeline builds
+``d_i``; see featsweep/engines/intervention.py). The default run's network is built exactly as the pipeline builds
 it (featsweep.control.build_network); the steered features are those of the kept clusters.
 For each factor this prints their mean push over the mean L2 norm of the residual stream at the hook
 (task prompts, BOS excluded). What the push does to the task is measured by the pipeline itself:

@@ -3,7 +3,7 @@
 Errors: a FeatsweepError (bad input, unreachable store, ...) is one line on stderr, `featsweep: error: ...`,
 exit status 1, and goes to the job's log file; any other exception is logged once with its traceback.
 In a multirun, a failing job records its outcome and the sweep goes on; the sweep's end counts it.
-SIGTERM ends the run KILLED and the process with status 143 (``featsweep.signals``).
+SIGTERM ends the run KILLED and the process with status 143 (``featsweep.tracking.signals``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from featsweep import signals  # noqa: E402
+from featsweep.tracking import signals  # noqa: E402
 from featsweep.config import checked, register_configs  # noqa: E402
 from featsweep.errors import FeatsweepError  # noqa: E402
 
@@ -77,11 +77,11 @@ def job(cfg: DictConfig) -> None:
     # torch, MLflow and TransformerLens take seconds to import: only once the config is known to be good
     from featsweep import pipeline
     from featsweep.sweep import record_job_outcome
-    from featsweep.sweep_report import run_finished_message
+    from featsweep.reports.sweep_report import run_finished_message
 
     _input_warnings(typed)
     try:
-        outcome = pipeline.run(cfg)
+        outcome = pipeline.run(cfg, typed=typed)
     except FeatsweepError as err:
         return _fail(str(err), multirun)
     except Exception as err:

@@ -49,9 +49,9 @@ class Stage(str, Enum):
 
 
 class ModelSource(str, Enum):
-    organism = "organism"  # the small model shipped in featsweep/organism/assets
+    organism = "organism"  # the small model shipped in featsweep/subjects/organism/assets
     transformer_lens = "transformer_lens"  # any HookedTransformer.from_pretrained name
-    gguf = "gguf"  # a GGUF file inside an installed Python package (model=smollm2; featsweep/gguf.py)
+    gguf = "gguf"  # a GGUF file inside an installed Python package (model=smollm2; featsweep/subjects/gguf.py)
 
 
 class SaeSource(str, Enum):
@@ -220,7 +220,7 @@ class ClusteringConfig:
     # the blog's notebook: re-detect communities on the subgraph of the kept clusters, then keep again
     recluster_kept: bool = False
     # worker processes for the null and bootstrap draws (the same numbers as in process); null = every core
-    # for networks of 400+ features, in process below (featsweep.h1.draw_jobs)
+    # for networks of 400+ features, in process below (featsweep.hypotheses.rewired_null.draw_jobs)
     n_jobs: Optional[int] = None
     # The cluster tests' betweenness and closeness (observed graph and every null graph alike): in a component of
     # more nodes than this, estimated from this many seeded random source nodes (O(sources * edges) instead of

@@ -18,23 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from featsweep.attribution import attribution_stage
+from featsweep.stages.attribution import attribution_stage
 from featsweep.config import checked, register_configs
-from featsweep.experiments import steering_stage
-from featsweep.network import network_stage
-from featsweep.organism.load import ASSETS_DIR, CARD
-from featsweep.steering import steering_scales
-from featsweep.subject import load_subject, max_activations
-from featsweep.task import load_task, task_stage
+from featsweep.stages.steering import steering_stage
+from featsweep.stages.network import network_stage
+from featsweep.subjects.organism.load import ASSETS_DIR, CARD
+from featsweep.engines.intervention import steering_scales
+from featsweep.subjects.loading import load_subject, max_activations
+from featsweep.stages.task import load_task, task_stage
+from featsweep import CONF_DIR
 
-CONF = Path(__file__).resolve().parent / "conf"
+CONF = CONF_DIR
 
 #: the run metrics the card records (``network.*``/``h1.*`` from the network stage, ``task.*`` from the task)
 NETWORK_KEYS = ("network.n_edges", "h1.null_edges_mean", "network.n_kept_clusters", "h1.matched_modularity_z",

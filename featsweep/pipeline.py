@@ -18,18 +18,18 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from featsweep.attribution import attribution_stage
-from featsweep.cache import StageCache, cache_key
+from featsweep.stages.attribution import attribution_stage
+from featsweep.tracking.cache import StageCache, cache_key
 from featsweep.config import Config, Stage, checked, to_container
 from featsweep.errors import FeatsweepError
-from featsweep.experiments import steering_stage
-from featsweep.inputs import log_run_inputs
-from featsweep.network import network_stage
-from featsweep.report import Report
+from featsweep.stages.steering import steering_stage
+from featsweep.tracking.inputs import log_run_inputs
+from featsweep.stages.network import network_stage
+from featsweep.reports.run_report import Report
 from featsweep.results import StageResult
-from featsweep.subject import load_subject, max_activations
-from featsweep.task import load_task, task_stage
-from featsweep.tracking import JobRun
+from featsweep.subjects.loading import load_subject, max_activations
+from featsweep.stages.task import load_task, task_stage
+from featsweep.tracking.run import JobRun
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,11 @@ class Runner:
             log.warning("Later stages skipped: %s", result.skip_reason)
 
 
-def run(cfg: Any, out_dir: Optional[Path] = None) -> dict[str, Any]:
+def run(cfg: Any, out_dir: Optional[Path] = None, typed: Optional[Config] = None) -> dict[str, Any]:
     """Run one job: check the config, open its MLflow run, run the wanted stages, close the run (FAILED
-    on error). A bad config value raises before any run exists."""
-    typed = checked(cfg)
+    on error). A bad config value raises before any run exists. ``typed``: the config already checked by the
+    caller (``__main__`` checks before the heavy imports), so it is checked once."""
+    typed = typed if typed is not None else checked(cfg)
     resolved = to_container(cfg)
     with JobRun(typed, resolved, out_dir) as job:
         if job.skipped_for:

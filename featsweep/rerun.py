@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 from featsweep import pipeline
 from featsweep.config import Config
 from featsweep.errors import FeatsweepError
-from featsweep.tracking import client_for
+from featsweep.tracking.run import client_for
 
 
 def load_logged_config(client, run_id: str):
@@ -77,7 +77,7 @@ def pin_environment(tags: dict[str, str]) -> None:
     """Use the original run's torch and BLAS thread counts; warn about library versions that differ from it."""
     import torch
 
-    from featsweep.tracking import environment_tags
+    from featsweep.tracking.run import environment_tags
 
     threads = tags.get("featsweep.torch_threads")
     if threads:

@@ -8,6 +8,9 @@ from typing import Any, Optional
 import networkx as nx
 import pandas as pd
 
+# per prompt, what the task and every steering condition measure (task.performance, the intervention engine)
+PERFORMANCE_COLUMNS = ["prob", "rank", "logit", "top10_entropy", "logit_diff"]
+
 
 @dataclass
 class StageResult:

@@ -8,14 +8,14 @@
   not by its date or folder. Running the same sweep again continues the newest parent with that key
   (reopened RUNNING, ``featsweep.resumed`` counts how often); only ``tracking.skip_finished=false``,
   which recomputes every job, opens a new one. Jobs whose config already FINISHED are attached to the
-  parent (``featsweep.tracking.attach_to_sweep``), so the parent lists every job and the summary has
+  parent (``featsweep.tracking.run.attach_to_sweep``), so the parent lists every job and the summary has
   one row per job.
 * **Every job accounted for.** Each job writes its outcome (finished, reused, failed) to
   ``<sweep dir>/.featsweep_jobs/<num>.json`` from task code, including failures before a run existed
   (a bad value, an interpolation error, an unreachable store). A job folder without an outcome died
   without a word. ``on_multirun_end`` counts them, closes the parent and exits 1 if any job failed;
   its last line says how many jobs finished, failed and were reused.
-* **No parent left RUNNING.** The parent carries the liveness tags (``featsweep.liveness``) and an
+* **No parent left RUNNING.** The parent carries the liveness tags (``featsweep.tracking.liveness``) and an
   ``atexit`` hook closes it if the sweep process ends early (SIGTERM: KILLED; anything else: FAILED).
 """
 
@@ -34,13 +34,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from featsweep import naming, signals
-from featsweep.compare import summarize_sweep
+from featsweep.tracking import naming
+
+from featsweep.tracking import signals
+from featsweep.reports.compare import summarize_sweep
 from featsweep.errors import FeatsweepError
-from featsweep.liveness import REASON_TAG, Heartbeat, owner_tags
-from featsweep.store import client_for, ensure_experiment, server_alive
-from featsweep.sweep_report import sweep_finished_message
-from featsweep.tracking import PARENT_ENV, PARENT_FILE
+from featsweep.tracking.liveness import REASON_TAG, Heartbeat, owner_tags
+from featsweep.tracking.store import client_for, ensure_experiment, server_alive
+from featsweep.reports.sweep_report import sweep_finished_message
+from featsweep.tracking.run import PARENT_ENV, PARENT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ class _OpenParent:
                 client.set_tag(cls.run_id, signals.SIGNAL_TAG, name)
             client.set_tag(cls.run_id, REASON_TAG, reason)
             client.set_terminated(cls.run_id, status)
-        except Exception as err:  # the next featsweep command closes it (featsweep.liveness)
+        except Exception as err:  # the next featsweep command closes it (featsweep.tracking.liveness)
             print(f"featsweep: could not close the sweep's parent run {cls.run_id}: {err}", file=sys.stderr)
         cls.run_id = None
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from featsweep.config import TaskConfig
-from featsweep.task import load_task
+from featsweep.stages.task import load_task
 from helpers import athlete_texts, tiny_subject_from
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -20,9 +20,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformers import PreTrainedTokenizerFast
 
 from featsweep.config import register_configs
-from featsweep.stats import CENTRALITIES
-from featsweep.subject import Subject, random_sae
-from featsweep.task import ATHLETES
+from featsweep.hypotheses.stats import CENTRALITIES
+from featsweep.subjects.loading import Subject, random_sae
+from featsweep.stages.task import ATHLETES
 
 TINY_HOOK = "blocks.1.hook_resid_pre"
 
@@ -156,8 +156,8 @@ def assert_engine_matches_reference(subject, task, cfg, scales, conditions, mean
     """The fast engine and the plain reference hook give the same task performance under ``conditions``, and
     the intervention changes the output (so the comparison is not vacuous)."""
     from featsweep.config import SteeringConfig
-    from featsweep.steering import Condition, SteeringEngine, reference_run
-    from featsweep.task import PERFORMANCE_COLUMNS
+    from featsweep.engines.intervention import Condition, SteeringEngine, reference_run
+    from featsweep.results import PERFORMANCE_COLUMNS
 
     ref = reference_run(subject, task, cfg, scales, conditions, means)
     engine = engine or SteeringEngine(subject, task, cfg, scales, means)

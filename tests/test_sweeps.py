@@ -100,7 +100,7 @@ def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
 
 def test_compare_and_rerun_bad_input(tmp_path):
     assert run_featsweep(tmp_path, *QUICK, "task.limit=4").returncode == 0
-    proc = run_featsweep(tmp_path, "--experiment", "featsweep", "--filter", "params.task.limit = '99'", module="featsweep.compare")
+    proc = run_featsweep(tmp_path, "--experiment", "featsweep", "--filter", "params.task.limit = '99'", module="featsweep.reports.compare")
     assert proc.returncode == 1 and "No FINISHED runs matched" in proc.stderr
     proc = run_featsweep(tmp_path, "0123456789abcdef", module="featsweep.rerun")
     assert proc.returncode == 1 and "Unknown run id 0123456789abcdef" in proc.stderr

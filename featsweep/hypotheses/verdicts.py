@@ -1,0 +1,104 @@
+"""One verdict per hypothesis, from a written-down rule: ``supported``, ``not_supported`` or ``inconclusive``.
+
+Each rule reads only the run's logged metrics, so a reviewer can re-derive the verdict from the numbers.
+``ALPHA`` is the significance level of every rule; every p-value used is already corrected for its family.
+
+* **H1, clusters are distinct** (``h1.verdict``). Inconclusive when fewer than 2 clusters are kept or a
+  needed null did not run (``clustering.n_null``, ``n_rewire`` or ``n_bootstrap`` = 0). Supported when all of:
+  (a) the modularity beats the edge-matched permutation null (``h1.matched_modularity_p < ALPHA``): there is
+  more community structure than as many chance edges give; (b) the partition is stable under resampling the
+  prompts (``h1.bootstrap_ari_mean >= MIN_BOOTSTRAP_ARI``); (c) at least one metric differs across the kept
+  clusters beyond what both graph-aware nulls give: reclustering a degree-preserving rewiring of the same
+  graph, and reclustering the edge-matched graph of shuffled data (``min over metrics of
+  max(h1.<metric>.null_p_adj, h1.<metric>.matched_null_p_adj) < ALPHA``; the nominal ANOVA p-values are
+  not used: they are circular). Inconclusive instead when (c) fails only because the nulls had too few
+  draws for any metric to pass Bonferroni (``n_metrics / (1 + n_draws) >= ALPHA``). Otherwise not supported.
+* **H2, steering a set from one cluster hurts more** (``h2.verdict``). Uses the label-permutation tests of
+  ``featsweep.hypotheses.stats.permutation_diff`` over set sizes >= 2: ``h2.p``/``h2.diff`` (within vs between) and
+  ``h2.within_vs_random.p``/``.diff`` (within vs a random set of kept features). Supported when both are
+  significant with within-cluster sets keeping LESS probability (``diff < 0``); not supported when neither
+  is; inconclusive when exactly one is (within hurts more than one reference but not the other), or a test
+  could not run.
+* **H3, centrality predicts importance** (``h3.verdict``). Supported when some centrality's slope is
+  significant after Bonferroni over the centralities (``h3.<c>.p_adj < ALPHA``) with higher centrality giving
+  LOWER probability (``slope < 0``) and it stays significant with |attribution| as a covariate
+  (``h3.<c>.p_partial < ALPHA``); inconclusive when a slope is significant but not beyond |attribution|
+  (or only with the opposite sign), or no regression could run; otherwise not supported. Per run, i.e. at
+  the run's ``steering.factor``.
+"""
+
+from __future__ import annotations
+
+import math
+
+ALPHA = 0.05
+MIN_BOOTSTRAP_ARI = 0.5
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not_supported", "inconclusive"
+CENTRALITIES = ["degree", "betweenness", "closeness", "eigenvector"]
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(float(value))
+
+
+def h1_verdict(metrics: dict, n_kept: int) -> tuple[str, str]:
+    if n_kept < 2:
+        return INCONCLUSIVE, f"{n_kept} kept cluster(s): at least 2 are needed"
+    matched = metrics.get("h1.matched_modularity_p")
+    ari = metrics.get("h1.bootstrap_ari_mean")
+    # a metric passes when BOTH graph-aware nulls reject it: the larger of its two adjusted p-values counts
+    null_adj = [max(v, metrics[k.replace(".null_p_adj", ".matched_null_p_adj")]) for k, v in metrics.items()
+                if k.endswith(".null_p_adj") and not k.endswith(".matched_null_p_adj") and _finite(v)
+                and _finite(metrics.get(k.replace(".null_p_adj", ".matched_null_p_adj")))]
+    missing = [name for name, ok in (("edge-matched null (clustering.n_null)", _finite(matched)),
+                                     ("bootstrap (clustering.n_bootstrap)", _finite(ari)),
+                                     ("graph-aware nulls of the cluster tests (clustering.n_rewire and n_null)",
+                                      bool(null_adj))) if not ok]
+    if missing:
+        return INCONCLUSIVE, "not run: " + ", ".join(missing)
+    n_metrics = len(null_adj)
+    draws = [v for k, v in metrics.items() if (k.endswith(".n_null_valid") or k.endswith(".n_matched_null_valid"))
+             and _finite(v)]
+    floor = n_metrics / (1 + min(draws)) if draws else 0.0  # the smallest Bonferroni p these draws allow
+    if matched < ALPHA and ari >= MIN_BOOTSTRAP_ARI and min(null_adj) >= ALPHA and floor >= ALPHA:
+        return INCONCLUSIVE, (f"too few null draws: with {int(min(draws) if draws else 0)} valid draws and "
+                              f"{n_metrics} metrics no adjusted p-value can fall below {ALPHA} (raise "
+                              "clustering.n_null and clustering.n_rewire)")
+    checks = [(matched < ALPHA, f"modularity vs edge-matched null p={matched:.3g}"),
+              (ari >= MIN_BOOTSTRAP_ARI, f"bootstrap ARI {ari:.2f} (needs >= {MIN_BOOTSTRAP_ARI})"),
+              (min(null_adj) < ALPHA, f"smallest graph-aware-null p_adj={min(null_adj):.3g}")]
+    failed = [text for ok, text in checks if not ok]
+    if failed:
+        return NOT_SUPPORTED, "fails: " + "; ".join(failed)
+    return SUPPORTED, "; ".join(text for _, text in checks)
+
+
+def h2_verdict(metrics: dict) -> tuple[str, str]:
+    tests = {"between": (metrics.get("h2.p"), metrics.get("h2.diff")),
+             "random": (metrics.get("h2.within_vs_random.p"), metrics.get("h2.within_vs_random.diff"))}
+    if not all(_finite(p) and _finite(d) for p, d in tests.values()):
+        return INCONCLUSIVE, "within vs between and within vs random need sets of size >= 2 of all three samplings"
+    hurts = {name: p < ALPHA and d < 0 for name, (p, d) in tests.items()}
+    text = "; ".join(f"within vs {name}: diff={d:.3g}, p={p:.3g}" for name, (p, d) in tests.items())
+    if all(hurts.values()):
+        return SUPPORTED, text
+    if not any(hurts.values()):
+        return NOT_SUPPORTED, text
+    return INCONCLUSIVE, text
+
+
+def h3_verdict(metrics: dict) -> tuple[str, str]:
+    ran = [c for c in CENTRALITIES if _finite(metrics.get(f"h3.{c}.p_adj"))]
+    if not ran:
+        return INCONCLUSIVE, "no centrality regression could run"
+    significant = [c for c in ran if metrics[f"h3.{c}.p_adj"] < ALPHA]
+    beyond = [c for c in significant if metrics[f"h3.{c}.slope"] < 0 and _finite(metrics.get(f"h3.{c}.p_partial"))
+              and metrics[f"h3.{c}.p_partial"] < ALPHA]
+    if beyond:
+        return SUPPORTED, ", ".join(f"{c}: slope={metrics[f'h3.{c}.slope']:.3g}, p_adj={metrics[f'h3.{c}.p_adj']:.3g}, "
+                                    f"p_partial={metrics[f'h3.{c}.p_partial']:.3g}" for c in beyond)
+    if significant:
+        return INCONCLUSIVE, (f"significant ({', '.join(significant)}) but not with a negative slope beyond "
+                              "|attribution| (p_partial)")
+    best = min(ran, key=lambda c: metrics[f"h3.{c}.p_adj"])
+    return NOT_SUPPORTED, f"no centrality significant (smallest p_adj: {best} {metrics[f'h3.{best}.p_adj']:.3g})"
