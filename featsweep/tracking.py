@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -293,6 +294,10 @@ class JobRun:
 
         now = int(time.time() * 1000)
         values = {k: float(v) for k, v in result.metrics.items() if v is not None}
+        infinite = sorted(k for k, v in values.items() if math.isinf(v))
+        if infinite:  # MLflow would store +-inf as +-1.8e308, which reads as a number
+            log.warning("Not logged (infinite): %s", ", ".join(infinite))
+            values = {k: v for k, v in values.items() if not math.isinf(v)}
         self.metrics.update(values)
         metrics = [Metric(k, v, now, 0) for k, v in values.items()]
         for start in range(0, len(metrics), 500):
