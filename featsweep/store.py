@@ -34,6 +34,9 @@ HTTP_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
 }
 LOCK_NAME = ".featsweep_mlflow.lock"
+# MLflow 3's UI opens an experiment on its GenAI overview ("Traces") unless the experiment says it holds model
+# runs: this tag makes it open on the runs table ("Model training").
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def is_http(uri: str) -> bool:
@@ -135,9 +138,12 @@ def ensure_experiment(uri: str, name: str, artifact_root: str, close_dead_runs: 
             location = Path(artifact_root).resolve().as_uri() if "://" not in artifact_root else artifact_root
             if is_http(uri):
                 location = None  # let the server choose (it may proxy artifacts)
-            experiment_id = client.create_experiment(name, artifact_location=location)
+            experiment_id = client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         else:
             experiment_id = experiment.experiment_id
+            for key, value in EXPERIMENT_TAGS.items():
+                if key not in experiment.tags:  # a store made by older featsweep: a user's own choice is kept
+                    client.set_experiment_tag(experiment_id, key, value)
     if close_dead_runs:
         reap(client, experiment_id)
     return client, experiment_id

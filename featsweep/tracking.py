@@ -185,6 +185,7 @@ class JobRun:
         self.digest = config_hash(resolved)
         self.client = None
         self.run_id: Optional[str] = None
+        self.experiment_id: Optional[str] = None
         self.parent: Optional[str] = None
         self.skipped_for: Optional[str] = None  # run id of the identical FINISHED run, when resuming
         self.reused_as: Optional[str] = None  # the run that lists it in this sweep (itself, or a link run)
@@ -200,6 +201,7 @@ class JobRun:
     def __enter__(self) -> "JobRun":
         tracking = self.cfg.tracking
         self.client, experiment_id = ensure_experiment(tracking.uri, tracking.experiment, tracking.artifact_root)
+        self.experiment_id = experiment_id
         self.parent = find_parent_run_id()
         if tracking.skip_finished:
             previous = finished_run_with_hash(self.client, experiment_id, self.digest, self.parent)
