@@ -15,6 +15,9 @@
   (a bad value, an interpolation error, an unreachable store). A job folder without an outcome died
   without a word. ``on_multirun_end`` counts them, closes the parent and exits 1 if any job failed;
   its last line says how many jobs finished, failed and were reused.
+* **One copy at a time.** A second copy of a sweep whose parent is RUNNING with a live owner stops before any
+  job with one line naming the parent, its process and folder (checked and the parent opened under the store lock,
+  so two copies started at once cannot both open it).
 * **No parent left RUNNING.** The parent carries the liveness tags (``featsweep.liveness``) and an
   ``atexit`` hook closes it if the sweep process ends early (SIGTERM: KILLED; anything else: FAILED).
 """
@@ -37,8 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from featsweep import naming, signals
 from featsweep.compare import summarize_sweep
 from featsweep.errors import FeatsweepError
-from featsweep.liveness import REASON_TAG, Heartbeat, owner_tags
-from featsweep.store import client_for, ensure_experiment, server_alive
+from featsweep.liveness import HOST_TAG, PID_TAG, REASON_TAG, Heartbeat, death_reason, owner_tags
+from featsweep.store import client_for, ensure_experiment, server_alive, store_lock
 from featsweep.sweep_report import sweep_finished_message
 from featsweep.tracking import PARENT_ENV, PARENT_FILE
 
@@ -92,6 +95,18 @@ def job_outcomes(sweep_dir: Path) -> list[dict]:
         outcomes[f"?{missing}"] = {"job": "?", "status": "failed", "run_id": None,
                                    "message": "the job ended without reporting (killed, or crashed hard)"}
     return list(outcomes.values())
+
+
+def running_copy(client, experiment_id: str, key: str) -> Optional[str]:
+    """A description of a live sweep with this key (its parent RUNNING, its owner alive), or None."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}' and tags.`featsweep.role` = 'sweep' "
+                              "and attributes.status = 'RUNNING'", max_results=50)
+    for run in runs:
+        if death_reason(run.data.tags) is None:
+            tags = run.data.tags
+            return (f"parent run {run.info.run_id} ('{run.info.run_name}'), process {tags.get(PID_TAG)} on "
+                    f"{tags.get(HOST_TAG)}, folder {tags.get('featsweep.sweep_dir')}")
+    return None
 
 
 def find_parent(client, experiment_id: str, key: str):
@@ -153,6 +168,16 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
         key = sweep_key(overrides, tracking.experiment)
+        with store_lock(tracking.uri):  # two copies started at once: the second one sees the first one's parent
+            self._open_or_continue(client, experiment_id, key, config, overrides, sweep_dir)
+
+    def _open_or_continue(self, client, experiment_id: str, key: str, config: DictConfig, overrides: list[str],
+                          sweep_dir: Path) -> None:
+        tracking = config.tracking
+        running = running_copy(client, experiment_id, key)
+        if running:  # its jobs would run twice, and two processes would close one parent
+            raise FeatsweepError(f"this sweep is already running: {running}. Wait for it to end, then run the same "
+                                 "command again (it resumes the sweep and runs only what did not finish).")
         previous = find_parent(client, experiment_id, key) if tracking.skip_finished else None
         if previous is not None:
             run_id = previous.info.run_id
