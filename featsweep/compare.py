@@ -34,6 +34,7 @@ from mlflow.entities import Metric, Param
 from featsweep.errors import FeatsweepError
 from featsweep.plots import plot_hypotheses
 from featsweep.stats import adjust_pvalues
+from featsweep.store import mask
 from featsweep.sweep_report import render_report, ui_command
 from featsweep.tracking import client_for
 
@@ -219,7 +220,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         name = args.experiment or args.tracking_experiment
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise FeatsweepError(f"No experiment '{name}' in {args.uri}. Check --uri and the experiment name.")
+            raise FeatsweepError(f"No experiment '{name}' in {mask(args.uri)}. Check --uri and the experiment name.")
         ids = [experiment.experiment_id]
         parent = args.parent
         if not parent and not args.experiment:
@@ -228,7 +229,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             try:
                 parent_run = client.get_run(parent)
             except Exception:
-                raise FeatsweepError(f"Unknown run id {parent} in {args.uri}.") from None
+                raise FeatsweepError(f"Unknown run id {parent} in {mask(args.uri)}.") from None
         runs = collect_runs(client, ids, parent=parent, filter_string=args.filter)
         out_dir = Path(args.out) if args.out else Path("compare") / (parent or name)
         title = (parent_run.info.run_name or "") if parent else f"experiment {name}"

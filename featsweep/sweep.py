@@ -41,7 +41,7 @@ from featsweep import naming, signals
 from featsweep.compare import summarize_sweep
 from featsweep.errors import FeatsweepError
 from featsweep.liveness import HOST_TAG, PID_TAG, REASON_TAG, Heartbeat, death_reason, owner_tags
-from featsweep.store import client_for, ensure_experiment, server_alive, store_lock
+from featsweep.store import client_for, ensure_experiment, mask, server_alive, store_lock
 from featsweep.sweep_report import sweep_finished_message
 from featsweep.tracking import PARENT_ENV, PARENT_FILE
 
@@ -192,8 +192,8 @@ class SweepCallback(Callback):
                 experiment_id,
                 run_name=tracking.run_name or naming.parent_run_name(overrides, sweep_dir),
                 tags={"featsweep.role": "sweep", "featsweep.sweep_dir": str(sweep_dir), KEY_TAG: key,
-                      "featsweep.sweep_overrides": " ".join(overrides), **owner_tags(),
-                      **naming.description("sweep", config)},
+                      "featsweep.sweep_overrides": mask(" ".join(overrides)), **owner_tags(),
+                      **{k: mask(v) for k, v in naming.description("sweep", config).items()}},
             )
             run_id = run.info.run_id
             log.info("Sweep parent run %s", run_id)
@@ -217,7 +217,7 @@ class SweepCallback(Callback):
                 f"{counts['failed']} failed, {counts['reused']} reused.")
         if not server_alive(uri):  # every call would time out: report from the job outcomes alone
             _OpenParent.run_id = None
-            print(f"featsweep: the tracking store {uri} stopped answering; the parent run {parent} stays open until "
+            print(f"featsweep: the tracking store {mask(uri)} stopped answering; the parent run {parent} stays open until "
                   f"the next featsweep command closes it.\n{line}", file=sys.stderr)
             sys.exit(1)
         client = client_for(uri)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import re
 import shlex
 import sys
@@ -17,6 +18,7 @@ from typing import Optional
 import pandas as pd
 
 from featsweep import verdicts
+from featsweep.store import URI_ENV, mask
 
 UI_PORT = 5000
 
@@ -66,11 +68,16 @@ def verdict_rules_html() -> str:
 
 
 def ui_command(uri: str, port: int = UI_PORT) -> str:
-    """The exact command that opens the MLflow UI on this store, with the mlflow of this environment."""
+    """The exact command that opens the MLflow UI on this store, with the mlflow of this environment; a URI with
+    a password is shown masked (or as the environment variable it came from)."""
     local = Path(sys.executable).parent / "mlflow"
     program = str(local) if local.exists() else f"{sys.executable} -m mlflow"
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
+        return f"open {mask(uri)} in a browser"
+    if mask(uri) != uri:
+        if os.environ.get(URI_ENV) == uri:
+            return f'{program} ui --backend-store-uri "${URI_ENV}" --port {port}'
+        return f"{program} ui --backend-store-uri {shlex.quote(mask(uri))} --port {port}   (your password for ***)"
     return f"{program} ui --backend-store-uri {shlex.quote(uri)} --port {port}"
 
 
@@ -127,7 +134,7 @@ def render_report(summary: pd.DataFrame, dims: list[str], constant: dict, figure
 
 def run_finished_message(run_id: str, uri: str, experiment_id: Optional[str] = None) -> str:
     """The end of a single run: its id, where to look, and how to open the UI."""
-    lines = [f"Run {run_id} is in {uri}.", f"Open the UI: {ui_command(uri)}"]
+    lines = [f"Run {run_id} is in {mask(uri)}.", f"Open the UI: {ui_command(uri)}"]
     if experiment_id:
         lines += [f"then the runs: {runs_url(experiment_id)}", f"this run: {run_url(experiment_id, run_id)}"]
     lines.append(MODEL_TRAINING_HINT)
