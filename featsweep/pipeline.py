@@ -106,15 +106,15 @@ class Runner:
     def plan(self, stage: Stage) -> tuple[Optional[str], Callable[[], tuple[Any, StageResult]]]:
         """The cache key (None: not cached) and the computation of one stage."""
         cfg, subject, task, out = self.cfg, self.subject, self.task, self.outputs
-        task_key = cache_key("task", subject=subject.identity, task=self.resolved["task"], seed=cfg.seed,
+        task_key = cache_key("task", code=load_task, subject=subject.identity, task=self.resolved["task"], seed=cfg.seed,
                              device=str(subject.model.cfg.device))
-        attr_key = cache_key("attribution", task=task_key, attribution=self.resolved["attribution"])
+        attr_key = cache_key("attribution", code=attribution_stage, task=task_key, attribution=self.resolved["attribution"])
         if stage is Stage.task:
             return None, lambda: task_stage(subject.model, task, cfg.task.batch_size)
         if stage is Stage.attribution:
             return attr_key, lambda: attribution_stage(subject, task, cfg.attribution)
         if stage is Stage.network:
-            net_key = cache_key("network", attribution=attr_key, clustering=self.resolved["clustering"], seed=cfg.seed)
+            net_key = cache_key("network", code=network_stage, attribution=attr_key, clustering=self.resolved["clustering"], seed=cfg.seed)
             return net_key, lambda: network_stage(out[Stage.attribution].matrix, cfg.clustering, cfg.seed,
                                                   self.generic_max(), subject.neuronpedia_id)
         return None, lambda: steering_stage(subject, task, out[Stage.attribution].attrs, out[Stage.network],
@@ -123,7 +123,7 @@ class Runner:
     def generic_max(self) -> np.ndarray:
         """Each feature's max activation on generic text (cached: shared by every job on this subject)."""
         if self._gen_max is None:
-            key = cache_key("gen_max", subject=self.subject.identity, texts=self.subject.generic_texts)
+            key = cache_key("gen_max", code=max_activations, subject=self.subject.identity, texts=self.subject.generic_texts)
             self._gen_max = self.cache.get_or_compute(
                 "gen_max", key, lambda: max_activations(self.subject, self.subject.generic_texts))
             self.job.tag("featsweep.cache.gen_max", self.cache.status.get("gen_max", "off"))
@@ -166,4 +166,4 @@ def run(cfg: Any, out_dir: Optional[Path] = None, typed: Optional[Config] = None
         if job.skipped_for:
             return {"skipped_for": job.skipped_for}
         metrics = Runner(typed, resolved, job).run()
-        return {"run_id": job.run_id, "metrics": metrics}
+        return {"run_id": job.run_id, "experiment_id": job.experiment_id, "metrics": metrics}

@@ -15,6 +15,9 @@
   (a bad value, an interpolation error, an unreachable store). A job folder without an outcome died
   without a word. ``on_multirun_end`` counts them, closes the parent and exits 1 if any job failed;
   its last line says how many jobs finished, failed and were reused.
+* **One copy at a time.** A second copy of a sweep whose parent is RUNNING with a live owner stops before any
+  job with one line naming the parent, its process and folder (checked and the parent opened under the store lock,
+  so two copies started at once cannot both open it).
 * **No parent left RUNNING.** The parent carries the liveness tags (``featsweep.tracking.liveness``) and an
   ``atexit`` hook closes it if the sweep process ends early (SIGTERM: KILLED; anything else: FAILED).
 """
@@ -34,13 +37,11 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from featsweep.tracking import naming
-
-from featsweep.tracking import signals
+from featsweep.tracking import naming, signals
 from featsweep.reports.compare import summarize_sweep
 from featsweep.errors import FeatsweepError
-from featsweep.tracking.liveness import REASON_TAG, Heartbeat, owner_tags
-from featsweep.tracking.store import client_for, ensure_experiment, server_alive
+from featsweep.tracking.liveness import HOST_TAG, PID_TAG, REASON_TAG, Heartbeat, death_reason, owner_tags
+from featsweep.tracking.store import client_for, ensure_experiment, mask, server_alive, store_lock
 from featsweep.reports.sweep_report import sweep_finished_message
 from featsweep.tracking.run import PARENT_ENV, PARENT_FILE
 
@@ -94,6 +95,18 @@ def job_outcomes(sweep_dir: Path) -> list[dict]:
         outcomes[f"?{missing}"] = {"job": "?", "status": "failed", "run_id": None,
                                    "message": "the job ended without reporting (killed, or crashed hard)"}
     return list(outcomes.values())
+
+
+def running_copy(client, experiment_id: str, key: str) -> Optional[str]:
+    """A description of a live sweep with this key (its parent RUNNING, its owner alive), or None."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}' and tags.`featsweep.role` = 'sweep' "
+                              "and attributes.status = 'RUNNING'", max_results=50)
+    for run in runs:
+        if death_reason(run.data.tags) is None:
+            tags = run.data.tags
+            return (f"parent run {run.info.run_id} ('{run.info.run_name}'), process {tags.get(PID_TAG)} on "
+                    f"{tags.get(HOST_TAG)}, folder {tags.get('featsweep.sweep_dir')}")
+    return None
 
 
 def find_parent(client, experiment_id: str, key: str):
@@ -155,6 +168,16 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         overrides = [str(o) for o in OmegaConf.to_container(config.hydra.overrides.task, resolve=False)]
         key = sweep_key(overrides, tracking.experiment)
+        with store_lock(tracking.uri):  # two copies started at once: the second one sees the first one's parent
+            self._open_or_continue(client, experiment_id, key, config, overrides, sweep_dir)
+
+    def _open_or_continue(self, client, experiment_id: str, key: str, config: DictConfig, overrides: list[str],
+                          sweep_dir: Path) -> None:
+        tracking = config.tracking
+        running = running_copy(client, experiment_id, key)
+        if running:  # its jobs would run twice, and two processes would close one parent
+            raise FeatsweepError(f"this sweep is already running: {running}. Wait for it to end, then run the same "
+                                 "command again (it resumes the sweep and runs only what did not finish).")
         previous = find_parent(client, experiment_id, key) if tracking.skip_finished else None
         if previous is not None:
             run_id = previous.info.run_id
@@ -169,8 +192,8 @@ class SweepCallback(Callback):
                 experiment_id,
                 run_name=tracking.run_name or naming.parent_run_name(overrides, sweep_dir),
                 tags={"featsweep.role": "sweep", "featsweep.sweep_dir": str(sweep_dir), KEY_TAG: key,
-                      "featsweep.sweep_overrides": " ".join(overrides), **owner_tags(),
-                      **naming.description("sweep", config)},
+                      "featsweep.sweep_overrides": mask(" ".join(overrides)), **owner_tags(),
+                      **{k: mask(v) for k, v in naming.description("sweep", config).items()}},
             )
             run_id = run.info.run_id
             log.info("Sweep parent run %s", run_id)
@@ -194,7 +217,7 @@ class SweepCallback(Callback):
                 f"{counts['failed']} failed, {counts['reused']} reused.")
         if not server_alive(uri):  # every call would time out: report from the job outcomes alone
             _OpenParent.run_id = None
-            print(f"featsweep: the tracking store {uri} stopped answering; the parent run {parent} stays open until "
+            print(f"featsweep: the tracking store {mask(uri)} stopped answering; the parent run {parent} stays open until "
                   f"the next featsweep command closes it.\n{line}", file=sys.stderr)
             sys.exit(1)
         client = client_for(uri)

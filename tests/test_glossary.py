@@ -8,6 +8,7 @@ import re
 import pytest
 from mlflow.tracking import MlflowClient
 
+from featsweep.reports.compare import HEADLINE, VERDICTS
 from helpers import REPO, run_featsweep
 
 GLOSSARY = REPO / "docs" / "metrics.md"
@@ -62,6 +63,14 @@ def test_every_logged_metric_and_tag_is_in_the_glossary(store):
     assert uncovered(names) == []
     parent_params = {k for r in runs if r.data.tags.get("featsweep.role") == "sweep" for k in r.data.params}
     assert uncovered(parent_params - {"steering.factor"}) == []
+
+
+def test_every_headline_column_of_the_sweep_summary_is_logged_by_a_real_run(store):
+    runs = store.search_runs([store.get_experiment_by_name("featsweep").experiment_id])
+    jobs = [r for r in runs if r.data.tags.get("featsweep.role") != "sweep"]
+    for run in jobs:  # a headline name that no run logs would be a silently empty column of summary.csv
+        assert [name for name in HEADLINE if name not in run.data.metrics] == []
+        assert [name for name in VERDICTS if name not in run.data.tags] == []
 
 
 def test_help_points_to_the_readme_and_the_glossary(tmp_path):

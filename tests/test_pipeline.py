@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -35,6 +37,21 @@ def test_a_later_stage_can_take_its_input_from_the_cache(tmp_path):
     assert "network.n_edges" in outcome["metrics"] and "attribution.n_selected_features" not in outcome["metrics"]
     runs = only_run(tmp_path).set_index("run_id")
     assert runs.loc[outcome["run_id"], "tags.featsweep.cache.attribution"] == "hit"
+
+
+def test_a_change_to_a_stage_s_code_recomputes_it(tmp_path, monkeypatch):
+    from featsweep.stages import attribution
+
+    def status(*overrides):
+        outcome = pipeline.run(compose_in(tmp_path, "stages=[task,attribution]", "tracking.skip_finished=false",
+                                          *overrides), out_dir=tmp_path / f"out{len(only_run(tmp_path))}")
+        return only_run(tmp_path).set_index("run_id").loc[outcome["run_id"], "tags.featsweep.cache.attribution"]
+
+    assert status() == "miss" and status() == "hit"
+    edited = tmp_path / "attribution.py"  # the stage's module as it is after an edit (read by the code digest)
+    edited.write_text(Path(attribution.__file__).read_text() + "\n# a change\n")
+    monkeypatch.setattr(attribution, "__file__", str(edited))
+    assert status() == "miss" and status() == "hit"
 
 
 def test_no_edge_skips_later_stages_with_a_reason_and_completes(tmp_path):

@@ -324,9 +324,10 @@ def _null_statistics(network: Network, cfg: ClusteringConfig, seed: int, progres
                                    ("matched_modularity", modularity, "matched_modularity")):
         summary = null_summary(observed, null[column].to_numpy())
         result.metrics.update({
-            f"h1.null_{name}_mean": summary["mean"], f"h1.null_{name}_std": summary["std"],
-            f"h1.{name}_z": summary["z"], f"h1.{name}_p": summary["p"],
+            f"h1.null_{name}_mean": summary["mean"], f"h1.null_{name}_std": summary["std"], f"h1.{name}_p": summary["p"],
         })
+        if np.isfinite(summary["z"]):  # undefined against a null without spread: not logged (docs/metrics.md)
+            result.metrics[f"h1.{name}_z"] = summary["z"]
     result.tables["tables/h1_null.parquet"] = null
     result.figures["plots/null_edges.png"] = plots.plot_null_distribution(
         null["n_edges"].to_numpy(), float(n_edges), "number of edges")

@@ -102,13 +102,14 @@ def anova_kruskal_columns(values: np.ndarray, groups: np.ndarray) -> tuple[np.nd
 
 def null_summary(observed: float, null: np.ndarray) -> dict[str, float]:
     """Mean and sd of a null sample, z-score of the observed value, and the one-sided empirical p-value
-    ``(1 + #{null >= observed}) / (1 + n)`` (NaN draws left out)."""
+    ``(1 + #{null >= observed}) / (1 + n)`` (NaN draws left out). The z-score is NaN when the null has no
+    spread (e.g. no null graph has an edge): it is undefined then, and the p-value carries the answer."""
     null = np.asarray(null, dtype=float)
     null = null[np.isfinite(null)]
     if len(null) == 0 or not np.isfinite(observed):
         return {"mean": float(np.mean(null)) if len(null) else np.nan, "std": np.nan, "z": np.nan, "p": np.nan}
     mean, std = float(null.mean()), float(null.std(ddof=1)) if len(null) > 1 else 0.0
-    z = (observed - mean) / std if std > 0 else (np.inf if observed > mean else (-np.inf if observed < mean else 0.0))
+    z = (observed - mean) / std if std > 0 else np.nan
     p = (1 + int(np.sum(null >= observed))) / (1 + len(null))
     return {"mean": mean, "std": std, "z": float(z), "p": float(p)}
 

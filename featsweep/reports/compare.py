@@ -7,8 +7,8 @@
 
 For the runs of a sweep it writes, under ``compare/`` (and logs to the sweep's parent run):
 
-- ``summary.csv``: one row per job, the swept dimensions first, then the headline metrics of H1-H3
-  (and the ``h1/h2/h3.verdict`` tags where the runs log them);
+- ``summary.csv``: one row per job, the swept dimensions first, then the ``h1/h2/h3.verdict`` tags and the
+  headline metrics of H1-H3;
 - ``summary_full.csv``: every metric of every job, with p-values also Bonferroni-corrected across the sweep
   (``<p>.sweep_adj``);
 - ``hypotheses.png``: the headline statistics against each swept dimension, as small multiples;
@@ -34,14 +34,18 @@ from mlflow.entities import Metric, Param
 from featsweep.errors import FeatsweepError
 from featsweep.plots import plot_hypotheses
 from featsweep.hypotheses.stats import adjust_pvalues
+from featsweep.tracking.store import mask
 from featsweep.reports.sweep_report import render_report, ui_command
 from featsweep.tracking.run import client_for
 
-# The statistics that answer H1-H3 (and the context needed to read them), in the order they are shown.
+# The statistics that answer H1-H3 (and the context needed to read them), in the order they are shown: the
+# numbers the verdict rules of featsweep.verdicts read. Every name is one that runs log (tests/test_glossary.py).
 HEADLINE = [
     "task.accuracy", "steering.single.mean_prob", "steering.linear_vs_exact_r",
-    "network.n_edges", "h1.edges_z", "network.n_kept_clusters", "h1.matched_modularity_z", "h1.bootstrap_ari_mean",
-    "h2.within.mean_prob", "h2.between.mean_prob", "h2.effect_size", "h2.p",
+    "network.n_edges", "h1.null_edges_mean", "network.n_kept_clusters", "h1.matched_modularity_z",
+    "h1.matched_modularity_p", "h1.bootstrap_ari_mean",
+    "h2.within.mean_prob", "h2.between.mean_prob", "h2.random.mean_prob", "h2.diff", "h2.p",
+    "h2.within_vs_random.diff", "h2.within_vs_random.p",
     "h3.degree.p_adj", "h3.betweenness.p_adj", "h3.closeness.p_adj", "h3.eigenvector.p_adj",
 ]
 VERDICTS = ["h1.verdict", "h2.verdict", "h3.verdict"]
@@ -102,8 +106,8 @@ def full_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 
 def headline_table(table: pd.DataFrame, dims: list[str]) -> pd.DataFrame:
-    """summary.csv: the swept dimensions first, then the headline metrics and verdicts, then the run."""
-    present = [c for c in HEADLINE + VERDICTS if c in table]
+    """summary.csv: the swept dimensions first, then the per-run verdicts and the headline metrics, then the run."""
+    present = [c for c in VERDICTS + HEADLINE if c in table]
     return table[[*dims, *present, "run_name", "run_id"]]
 
 
@@ -216,7 +220,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         name = args.experiment or args.tracking_experiment
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise FeatsweepError(f"No experiment '{name}' in {args.uri}. Check --uri and the experiment name.")
+            raise FeatsweepError(f"No experiment '{name}' in {mask(args.uri)}. Check --uri and the experiment name.")
         ids = [experiment.experiment_id]
         parent = args.parent
         if not parent and not args.experiment:
@@ -225,7 +229,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             try:
                 parent_run = client.get_run(parent)
             except Exception:
-                raise FeatsweepError(f"Unknown run id {parent} in {args.uri}.") from None
+                raise FeatsweepError(f"Unknown run id {parent} in {mask(args.uri)}.") from None
         runs = collect_runs(client, ids, parent=parent, filter_string=args.filter)
         out_dir = Path(args.out) if args.out else Path("compare") / (parent or name)
         title = (parent_run.info.run_name or "") if parent else f"experiment {name}"

@@ -1,7 +1,9 @@
 """Content-addressed cache of expensive stage outputs, shared by the jobs of a sweep.
 
 An entry's key hashes exactly what the output depends on (a config subtree, the model/SAE identity,
-upstream keys) plus ``FORMAT_VERSION``. Entries are written atomically (temp file, then rename) and
+upstream keys) plus ``FORMAT_VERSION``, the package version and a digest of the stage's code (the source of
+the module of its function and of every featsweep module that module uses, transitively), so after an upgrade
+or an edit of the stage's code the stage is recomputed instead of replaying numbers of the old code. Entries are written atomically (temp file, then rename) and
 carry a SHA-256 of their payload, so a corrupt or partial entry is detected and recomputed.
 """
 
@@ -12,10 +14,13 @@ import json
 import logging
 import os
 import pickle
+import sys
 import tempfile
+import types
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from featsweep import __version__
 from featsweep.errors import FeatsweepError
 
 log = logging.getLogger(__name__)
@@ -23,8 +28,33 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # bump whenever a stage output changes shape or meaning: old entries are then never read
 
 
-def cache_key(stage: str, **parts: Any) -> str:
-    """Stable key of a stage output from the JSON of everything it depends on."""
+def code_digest(function: Callable) -> str:
+    """SHA-256 of the source files of ``function``'s module and of every module of the same package that it
+    uses (module-level imports, followed transitively); the files are read now, so an edit counts at once."""
+    package = function.__module__.split(".")[0]
+    sources: dict[str, bytes] = {}
+    todo = [function.__module__]
+    while todo:
+        name = todo.pop()
+        module = sys.modules.get(name)
+        if name in sources or module is None or not getattr(module, "__file__", None):
+            continue
+        sources[name] = Path(module.__file__).read_bytes()
+        for value in vars(module).values():
+            used = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None)
+            if isinstance(used, str) and (used == package or used.startswith(package + ".")):
+                todo.append(used)
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(sources[name]).digest())
+    return digest.hexdigest()[:32]
+
+
+def cache_key(stage: str, code: Optional[Callable] = None, **parts: Any) -> str:
+    """Stable key of a stage output from the JSON of everything it depends on; ``code``: the stage's function,
+    whose code digest (and the package version) the key includes."""
+    if code is not None:
+        parts["code"] = {"featsweep": __version__, "digest": code_digest(code)}
     payload = json.dumps({"stage": stage, "version": FORMAT_VERSION, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 

@@ -23,6 +23,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from mlflow.tracking.context.registry import resolve_tags
 
+from featsweep.tracking.store import mask
+
 SWEEP_KEYS_FILE = ".featsweep_swept_keys"
 MAX_NAME = 250  # MLflow's limit on a run name is generous; the UI's chart legends are not
 NOTE_TAG = "mlflow.note.content"
@@ -94,7 +96,7 @@ def description(role: str = "run", config=None) -> dict[str, str]:
     lines = [f"featsweep {role}, launched with:", "", f"    {command}", "", f"preset: experiment={_preset_of(config) or preset() or 'none'}"]
     if HydraConfig.initialized() and role == "run":
         lines.append(f"output folder: {HydraConfig.get().runtime.output_dir}")
-    return {**resolve_tags(), NOTE_TAG: "\n".join(lines)}
+    return {**resolve_tags(), NOTE_TAG: mask("\n".join(lines))}  # no password of a tracking.uri override
 
 
 def _preset_of(config) -> Optional[str]:

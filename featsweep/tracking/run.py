@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -27,13 +28,11 @@ from mlflow.entities import Metric, Param
 from omegaconf import OmegaConf
 from threadpoolctl import threadpool_info
 
-from featsweep.tracking import naming
-
-from featsweep.tracking import signals
+from featsweep.tracking import naming, signals
 from featsweep.errors import FeatsweepError
 from featsweep.tracking.liveness import Heartbeat, owner_tags
 from featsweep.results import StageResult
-from featsweep.tracking.store import client_for, ensure_experiment, is_http, server_alive  # noqa: F401 (re-exported)
+from featsweep.tracking.store import client_for, ensure_experiment, is_http, mask, server_alive  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +185,7 @@ class JobRun:
         self.digest = config_hash(resolved)
         self.client = None
         self.run_id: Optional[str] = None
+        self.experiment_id: Optional[str] = None
         self.parent: Optional[str] = None
         self.skipped_for: Optional[str] = None  # run id of the identical FINISHED run, when resuming
         self.reused_as: Optional[str] = None  # the run that lists it in this sweep (itself, or a link run)
@@ -201,6 +201,7 @@ class JobRun:
     def __enter__(self) -> "JobRun":
         tracking = self.cfg.tracking
         self.client, experiment_id = ensure_experiment(tracking.uri, tracking.experiment, tracking.artifact_root)
+        self.experiment_id = experiment_id
         self.parent = find_parent_run_id()
         if tracking.skip_finished:
             previous = finished_run_with_hash(self.client, experiment_id, self.digest, self.parent)
@@ -220,10 +221,11 @@ class JobRun:
             tags["mlflow.parentRunId"] = self.parent
         self.tags.update(tags)
         tags.update(naming.description())
+        tags = {k: mask(v) for k, v in tags.items()}
         run = self.client.create_run(experiment_id, run_name=naming.job_run_name(tracking.run_name), tags=tags)
         self.run_id = run.info.run_id
         self._watch_store()
-        log.info("MLflow run %s (experiment '%s', %s)", self.run_id, tracking.experiment, tracking.uri)
+        log.info("MLflow run %s (experiment '%s', %s)", self.run_id, tracking.experiment, mask(tracking.uri))
         try:
             self._log_config()
         except BaseException as err:  # __exit__ is not called for a failing __enter__: close the run here
@@ -270,24 +272,28 @@ class JobRun:
 
     def _lost(self, why: str) -> StoreLost:
         return StoreLost(
-            f"Lost the MLflow tracking store at {self.cfg.tracking.uri} during the job ({why}). What this job "
+            f"Lost the MLflow tracking store at {mask(self.cfg.tracking.uri)} during the job ({why}). What this job "
             f"computed is kept in {self.out_dir}; once the store is back, log it with: python -m featsweep.tracking.upload {self.out_dir}")
 
     def _log_config(self) -> None:
 
-        params = [Param(k[:250], v[:6000]) for k, v in flatten(self.resolved).items()]
+        params = [Param(k[:250], v[:6000]) for k, v in self.params().items()]
         for start in range(0, len(params), 100):
             self._store("log_batch", self.run_id, params=params[start : start + 100])
         config_dir = self.out_dir / "config"
         config_dir.mkdir(exist_ok=True)
-        (config_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
-        (config_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(hydra_overrides())))
+        (config_dir / "config.yaml").write_text(mask(OmegaConf.to_yaml(OmegaConf.create(self.resolved))))
+        (config_dir / "overrides.yaml").write_text(mask(OmegaConf.to_yaml(OmegaConf.create(hydra_overrides()))))
         for name in ("config.yaml", "overrides.yaml"):
             self._artifact(config_dir / name, "config")
 
+    def params(self) -> dict[str, str]:
+        """The resolved config as params, with no password (``tracking.uri`` may hold one)."""
+        return {k: mask(v) for k, v in flatten(self.resolved).items()}
+
     def tag(self, key: str, value: Any) -> None:
         if self.run_id:
-            self.tags[key] = str(value)[:5000]
+            self.tags[key] = mask(str(value))[:5000]
             self._store("set_tag", self.run_id, key, self.tags[key])
 
     def log_result(self, result: StageResult) -> None:
@@ -295,6 +301,10 @@ class JobRun:
 
         now = int(time.time() * 1000)
         values = {k: float(v) for k, v in result.metrics.items() if v is not None}
+        infinite = sorted(k for k, v in values.items() if math.isinf(v))
+        if infinite:  # MLflow would store +-inf as +-1.8e308, which reads as a number
+            log.warning("Not logged (infinite): %s", ", ".join(infinite))
+            values = {k: v for k, v in values.items() if not math.isinf(v)}
         self.metrics.update(values)
         metrics = [Metric(k, v, now, 0) for k, v in values.items()]
         for start in range(0, len(metrics), 500):
@@ -370,7 +380,7 @@ class JobRun:
     def _write_journal(self, status: str, error: Optional[str]) -> None:
         tracking = self.cfg.tracking
         journal = {"run_id": self.run_id, "uri": tracking.uri, "experiment": tracking.experiment, "parent": self.parent,
-                   "status": status, "error": error, "logged": not self.offline, "params": flatten(self.resolved),
+                   "status": status, "error": error, "logged": not self.offline, "params": self.params(),
                    "tags": self.tags, "metrics": self.metrics, "artifacts": self.artifacts}
         (self.out_dir / JOURNAL).write_text(json.dumps(journal, indent=1))
 

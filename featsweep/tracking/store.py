@@ -7,13 +7,20 @@
   upload) opens the store through ``client_for`` / ``ensure_experiment``.
 * **A server that goes away fails fast.** For HTTP stores the MLflow client's own retries (7 retries,
   120 s timeout by default: minutes per call) are cut to a few seconds, unless the user set them.
+* **PostgreSQL stores** (``postgresql://user:password@host:port/database``, ``tracking=postgres``) are probed
+  first, so a missing driver (the ``postgres`` extra), a server that does not answer and a database that does
+  not exist are each one line naming the fix.
+* **No password is logged.** ``mask`` replaces the password of every ``scheme://user:password@`` in a text
+  with ``***``; params, tags, the run description, log lines, errors and the printed UI command go through it.
 * **Dead runs are closed.** ``ensure_experiment`` also closes runs left RUNNING by a process that no
   longer exists (see ``featsweep.tracking.liveness``).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
@@ -34,6 +41,57 @@ HTTP_SETTINGS = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
 }
 LOCK_NAME = ".featsweep_mlflow.lock"
+# MLflow 3's UI opens an experiment on its GenAI overview ("Traces") unless the experiment says it holds model
+# runs: this tag makes it open on the runs table ("Model training").
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
+CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+:)[^\s@/]+(?=@)")
+URI_ENV = "FEATSWEEP_TRACKING_URI"  # where tracking=postgres reads the store's address (with its password)
+
+
+def mask(text: str) -> str:
+    """``text`` with the password of every URI in it replaced by ``***``."""
+    return CREDENTIALS.sub(r"\1***", text)
+
+
+def is_postgres(uri: str) -> bool:
+    return urlparse(uri).scheme.split("+")[0] == "postgresql"
+
+
+def check_database(uri: str) -> None:
+    """A PostgreSQL store: the driver is installed, the server answers, the database exists (else one line)."""
+    if not is_postgres(uri):
+        return
+    from sqlalchemy.engine import make_url
+
+    url = make_url(uri)
+    driver = url.get_dialect().driver  # SQLAlchemy's choice: psycopg (version 3) for a plain postgresql://
+    try:
+        module = importlib.import_module(driver)
+    except ImportError:
+        raise FeatsweepError(f"The PostgreSQL driver '{driver}' is not installed. Install featsweep's postgres extra: "
+                             "pip install 'featsweep[postgres]' (psycopg, and psycopg2-binary for postgresql+psycopg2://).") from None
+    if driver not in ("psycopg", "psycopg2"):
+        return  # another driver: MLflow's own error will say what is wrong
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    settings = {"host": url.host, "port": url.port, "user": url.username, "password": url.password,
+                "dbname": url.database, "connect_timeout": 5, **dict(url.query)}
+    try:
+        module.connect(**{k: v for k, v in settings.items() if v is not None}).close()
+    except module.OperationalError as err:
+        text = " ".join(str(err).split())
+        if f'database "{url.database}" does not exist' in text:
+            raise FeatsweepError(
+                f"The database '{url.database}' does not exist on the PostgreSQL server at {where}. Create it "
+                f"(createdb -h {url.host} -p {url.port or 5432} -U {url.username} {url.database}), or fix the database "
+                f"name in tracking.uri ({mask(uri)}).") from None
+        if "authentication failed" in text or "no password supplied" in text:
+            raise FeatsweepError(f"The PostgreSQL server at {where} refused user '{url.username}' (authentication "
+                                 f"failed). Fix the user or password in tracking.uri (tracking=postgres: ${URI_ENV}).") from None
+        raise FeatsweepError(
+            f"The PostgreSQL server at {where} cannot be reached ({mask(text)[:200]}). Start it, or fix tracking.uri "
+            f"(tracking=postgres reads it from ${URI_ENV}): {mask(uri)}") from None
 
 
 def is_http(uri: str) -> bool:
@@ -71,12 +129,12 @@ def check_reachable(uri: str) -> None:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=5)
     except requests.RequestException:
         raise FeatsweepError(
-            f"The MLflow tracking server at {uri} cannot be reached. Start it (see README, 'A tracking server'), "
+            f"The MLflow tracking server at {mask(uri)} cannot be reached. Start it (see README, 'A tracking server'), "
             "fix tracking.uri, or use the local store with tracking=local."
         ) from None
     if response.status_code != 200:
         raise FeatsweepError(
-            f"{uri} answers HTTP but is not an MLflow tracking server (GET /health gave {response.status_code}). "
+            f"{mask(uri)} answers HTTP but is not an MLflow tracking server (GET /health gave {response.status_code}). "
             "Fix tracking.uri (the address `mlflow server` prints), or use tracking=local."
         )
 
@@ -110,12 +168,13 @@ def _open(uri: str) -> MlflowClient:
                 f"The MLflow store {path} cannot be opened ({first}). If it is not an MLflow SQLite database or is "
                 "corrupt, move it aside (a new one is created) or set tracking.uri to another store."
             ) from None
-        raise FeatsweepError(f"The MLflow store {uri} cannot be opened ({first}). Check tracking.uri.") from None
+        raise FeatsweepError(f"The MLflow store {mask(uri)} cannot be opened ({mask(first)}). Check tracking.uri.") from None
 
 
 def client_for(uri: str) -> MlflowClient:
     """An MLflow client whose store exists: created (schema and all) under the store's lock."""
     check_reachable(uri)
+    check_database(uri)
     check_writable_sqlite(uri)
     if sqlite_path(uri) is None:
         return _open(uri)
@@ -127,6 +186,7 @@ def ensure_experiment(uri: str, name: str, artifact_root: str, close_dead_runs: 
     """Open the store and create the experiment if needed, both under the lock; then close the runs of
     this experiment that a dead process left RUNNING. Returns (client, experiment id)."""
     check_reachable(uri)
+    check_database(uri)
     check_writable_sqlite(uri)
     with store_lock(uri):
         client = _open(uri)
@@ -135,9 +195,12 @@ def ensure_experiment(uri: str, name: str, artifact_root: str, close_dead_runs: 
             location = Path(artifact_root).resolve().as_uri() if "://" not in artifact_root else artifact_root
             if is_http(uri):
                 location = None  # let the server choose (it may proxy artifacts)
-            experiment_id = client.create_experiment(name, artifact_location=location)
+            experiment_id = client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
         else:
             experiment_id = experiment.experiment_id
+            for key, value in EXPERIMENT_TAGS.items():
+                if key not in experiment.tags:  # a store made by older featsweep: a user's own choice is kept
+                    client.set_experiment_tag(experiment_id, key, value)
     if close_dead_runs:
         reap(client, experiment_id)
     return client, experiment_id

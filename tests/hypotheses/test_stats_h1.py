@@ -69,5 +69,6 @@ def test_null_summary_by_hand():
     assert s["z"] == pytest.approx((5.0 - 2.5) / np.std([1, 2, 3, 4], ddof=1))
     assert s["p"] == pytest.approx(1 / 5)  # (1 + 0) / (1 + 4)
     assert null_summary(3.0, null)["p"] == pytest.approx(3 / 5)  # 3 and 4 are >= 3
-    assert null_summary(1.0, np.zeros(5))["z"] == np.inf
+    assert np.isnan(null_summary(1.0, np.zeros(5))["z"])  # no spread: undefined, never inf (1.8e308 in MLflow)
+    assert null_summary(1.0, np.zeros(5))["p"] == pytest.approx(1 / 6)
     assert np.isnan(null_summary(np.nan, null)["z"])

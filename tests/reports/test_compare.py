@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from featsweep.hypotheses import verdicts
 from featsweep.reports.compare import full_table, headline_table, varying
 from featsweep.tracking.naming import parent_run_name, swept_keys
 from featsweep.plots import plot_hypotheses
+from featsweep.reports.sweep_report import verdict_rules_html
 from helpers import QUICK, artifacts, mlflow_runs, run_featsweep
 
 SWEEP = ["-m", *QUICK, "task.limit=5", "steering.factor=1,10"]
@@ -47,6 +49,21 @@ def test_single_run_is_named_from_its_overrides_or_its_preset(tmp_path):
     names = set(mlflow_runs(tmp_path)["tags.mlflow.runName"])
     assert names == {"stages=[task] task.limit=5", "mine"}  # tracking.* overrides do not name a run
     assert "Open the UI: " in proc.stderr + proc.stdout and "ui --backend-store-uri" in proc.stderr + proc.stdout
+    # the UI opens on the runs table, and the message links the runs page and says where "Model training" is
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("featsweep")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    out = proc.stderr + proc.stdout
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs\n" in out and '"Model training"' in out
+
+
+def test_the_reading_guide_is_the_verdict_module():
+    rules = verdict_rules_html()
+    for text in ("<b>H1, clusters are distinct</b>", "<code>h1.matched_modularity_p &lt; ALPHA</code>",
+                 "<code>h2.within_vs_random.p</code>", "<code>h3.&lt;c&gt;.p_partial &lt; ALPHA</code>",
+                 f"<code>ALPHA</code> = {verdicts.ALPHA}"):
+        assert text in rules
+    assert rules.count("<li>") == 3  # one rule per hypothesis
 
 
 def test_a_run_logs_csv_tables_its_task_as_a_dataset_and_who_ran_what(quick_sweep):
@@ -74,13 +91,15 @@ def test_parent_logs_the_one_page_and_its_dimensions(quick_sweep):
     assert {"compare/summary.csv", "compare/summary_full.csv", "compare/hypotheses.png", "compare/report.html"} <= logged
     assert not any(p.startswith("compare/plots/") for p in logged)  # no directory of one PNG per metric
     summary = pd.read_csv(client.download_artifacts(parent["run_id"], "compare/summary.csv", str(work)))
-    assert list(summary.columns[:2]) == ["steering.factor", "task.accuracy"]  # dimensions first, then headline
+    # dimensions first, then the verdicts, then the headline
+    assert list(summary.columns[:5]) == ["steering.factor", "h1.verdict", "h2.verdict", "h3.verdict", "task.accuracy"]
     assert summary["steering.factor"].tolist() == [1.0, 10.0]
     assert parent["params.steering.factor"] == "1,10" and parent["params.sweep.dimensions"] == "steering.factor"
     assert parent["metrics.sweep.n_runs"] == 2
     assert parent["metrics.sweep.task.accuracy.min"] == summary["task.accuracy"].min()
     html = (work / next((work / "multirun").glob("*/*")) / "compare" / "report.html").read_text()
     assert "data:image/png;base64," in html and "steering.factor" in html
+    assert verdict_rules_html() in html and "effect_size" not in html  # the rules of featsweep/verdicts.py
     assert f"parent run {parent['run_id']}" in proc.stdout and "summary.csv" in proc.stdout
     assert "ui --backend-store-uri" in proc.stdout and "--port" in proc.stdout
 
@@ -104,7 +123,8 @@ def test_hypotheses_figure_leaves_out_what_does_not_vary():
                          "metrics.h2.p": [0.5, 0.01, 0.2], "metrics.network.n_edges": [10.0, 10.0, 10.0],
                          "tags.h2.verdict": ["not supported", "supported", "not supported"]})
     table, dims = full_table(runs)
-    assert dims == ["steering.factor"] and list(headline_table(table, dims).columns[:3]) == ["steering.factor", "network.n_edges", "h2.p"]
+    assert dims == ["steering.factor"]
+    assert list(headline_table(table, dims).columns[:4]) == ["steering.factor", "h2.verdict", "network.n_edges", "h2.p"]
     assert table["h2.p.sweep_adj"].tolist() == pytest.approx([1.0, 0.03, 0.6])  # Bonferroni across the 3 runs
     shown, constant = varying(table, ["network.n_edges", "h2.p", "h2.verdict"])
     assert shown == ["h2.p", "h2.verdict"] and constant == {"network.n_edges": 10.0}

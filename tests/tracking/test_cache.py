@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import sys
 
 import pytest
 
-from featsweep.tracking.cache import StageCache, cache_key
+from featsweep.tracking import cache as cache_module
+from featsweep.tracking.cache import StageCache, cache_key, code_digest
 from featsweep.errors import FeatsweepError
 
 
@@ -55,3 +58,32 @@ def test_unwritable_cache_dir(tmp_path):
     blocker.write_text("x")
     with pytest.raises(FeatsweepError, match="cache.dir"):
         StageCache(blocker / "cache")
+
+
+def test_the_code_digest_follows_the_modules_a_stage_uses(tmp_path, monkeypatch):
+    package = tmp_path / "stagepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "stage.py").write_text("from stagepkg import helper\n\ndef run():\n    return helper.value()\n")
+    (package / "helper.py").write_text("def value():\n    return 1\n")
+    (package / "other.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stage = importlib.import_module("stagepkg.stage")
+    importlib.import_module("stagepkg.other")
+    try:
+        before = code_digest(stage.run)
+        (package / "other.py").write_text("X = 2\n")  # a module the stage does not use
+        assert code_digest(stage.run) == before
+        (package / "helper.py").write_text("def value():\n    return 2\n")  # one it uses through an import
+        changed = code_digest(stage.run)
+        assert changed != before
+        assert cache_key("s", code=stage.run, a=1) != cache_key("s", a=1)
+        monkeypatch.setattr(cache_module, "__version__", "999.0")  # an upgrade changes every code-keyed entry
+        assert cache_key("s", code=stage.run, a=1) != cache_key("s", code=stage.run, a=2)
+        upgraded = cache_key("s", code=stage.run, a=1)
+        monkeypatch.undo()
+        monkeypatch.syspath_prepend(str(tmp_path))
+        assert cache_key("s", code=stage.run, a=1) != upgraded
+    finally:
+        for name in [n for n in sys.modules if n.startswith("stagepkg")]:
+            del sys.modules[name]

@@ -150,6 +150,37 @@ def test_a_sweep_attaches_a_single_run_of_its_points_and_reruns_into_the_same_pa
     assert sorted(summary["task.limit"]) == [5, 6]
 
 
+def test_a_second_copy_of_a_running_sweep_stops_with_one_line_naming_it(tmp_path):
+    sweep = ["-m", *QUICK, "task.limit=5,6,7"]
+    first = start(tmp_path, *sweep, name="first")
+    try:
+        client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+
+        def parent_running() -> bool:
+            if not (tmp_path / "mlflow.db").exists() or not (tmp_path / "multirun").exists():
+                return False
+            return any(r.data.tags.get("featsweep.role") == "sweep" and r.info.status == "RUNNING"
+                       for r in client.search_runs([client.get_experiment_by_name("featsweep").experiment_id]))
+
+        assert wait_for(parent_running, 240, first), (tmp_path / "first.err").read_text()[-3000:]
+        os.killpg(first.pid, signal.SIGSTOP)  # hold the first copy mid-sweep (alive, heartbeat recent)
+        try:
+            second = run_featsweep(tmp_path, "-m", "task.limit=7,6,5", *QUICK)  # the same sweep, written differently
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
+        parent = next(r for r in client.search_runs(["1"]) if r.data.tags.get("featsweep.role") == "sweep")
+        one_clean_error(second, f"this sweep is already running: parent run {parent.info.run_id}")
+        assert f"process {first.pid}" in second.stderr
+        assert first.wait(timeout=600) == 0, (tmp_path / "first.err").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    runs = mlflow_runs(tmp_path)
+    jobs = runs[runs["tags.featsweep.role"] != "sweep"]
+    assert len(runs[runs["tags.featsweep.role"] == "sweep"]) == 1 and len(jobs) == 3  # no job ran twice
+    assert set(runs["status"]) == {"FINISHED"}
+
+
 # ---- bad inputs: one line naming the fix ---------------------------------------------------------------------
 
 

@@ -35,9 +35,12 @@ def _cfg(tmp_path, *overrides):
 def test_job_run_logs_params_and_results_and_finishes(tmp_path):
     cfg = _cfg(tmp_path)
     with JobRun(checked(cfg), to_container(cfg), tmp_path / "out") as job:
-        job.log_result(StageResult(metrics={"x.y": 2.5}, tags={"x.tag": "v"}, files={"network/g.graphml": b"<g/>"}))
+        job.log_result(StageResult(metrics={"x.y": 2.5, "x.inf": float("inf"), "x.nan": float("nan")},
+                                   tags={"x.tag": "v"}, files={"network/g.graphml": b"<g/>"}))
     run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(job.run_id)
     assert run.info.status == "FINISHED"
+    nan = run.data.metrics.pop("x.nan")
+    assert nan != nan  # NaN is stored as NaN; an infinity (MLflow's 1.8e308) is not logged at all
     assert run.data.metrics == {"x.y": 2.5} and run.data.tags["x.tag"] == "v"
     assert run.data.params["steering.factor"] == str(float(cfg.steering.factor))
     assert run.data.tags["featsweep.config_hash"] == job.digest
