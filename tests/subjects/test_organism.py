@@ -7,7 +7,6 @@ micro organism is trained from scratch and loaded through the same path.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -108,9 +107,7 @@ def test_card_records_provenance():
 def test_quick_train_from_scratch(tmp_path):
     from featsweep.subjects.organism.train import main
 
-    t0 = time.time()
-    main(["--quick", "--out", str(tmp_path), "--seed", "1"])
-    assert time.time() - t0 < 60
+    main(["--quick", "--out", str(tmp_path), "--seed", "1"])  # speed is not asserted here (no timed tests)
     model, sae, card = load_organism(tmp_path)
     assert card["quick"] is True and card["hook_name"] == "blocks.2.hook_resid_pre"
     assert card["assets_dir"] == str(tmp_path)
