@@ -26,8 +26,11 @@ from featsweep.experiments import steering_stage
 from featsweep.inputs import log_run_inputs
 from featsweep.network import network_stage
 from featsweep.report import Report
+from featsweep.organism import ASSETS_DIR
 from featsweep.results import StageResult
-from featsweep.subject import load_subject, max_activations
+from featsweep.stages.corpus import CorpusStats, corpus_stage
+from featsweep.stages.corpus_text import corpus_documents, corpus_fingerprint
+from featsweep.subject import load_subject
 from featsweep.task import load_task, task_stage
 from featsweep.tracking import JobRun
 
@@ -70,7 +73,7 @@ class Runner:
         self.cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
         self.skip_reason: Optional[str] = None
         self.outputs: dict[Stage, Any] = {}
-        self._gen_max: Optional[np.ndarray] = None
+        self._corpus: Optional[CorpusStats] = None
         self.report = Report()  # report.html: collects every logged result (figures before they close)
 
     def run(self) -> dict[str, float]:
@@ -121,13 +124,27 @@ class Runner:
                                             out[Stage.task], self.generic_max(), cfg.steering, cfg.seed)
 
     def generic_max(self) -> np.ndarray:
-        """Each feature's max activation on generic text (cached: shared by every job on this subject)."""
-        if self._gen_max is None:
-            key = cache_key("gen_max", subject=self.subject.identity, texts=self.subject.generic_texts)
-            self._gen_max = self.cache.get_or_compute(
-                "gen_max", key, lambda: max_activations(self.subject, self.subject.generic_texts))
-            self.job.tag("featsweep.cache.gen_max", self.cache.status.get("gen_max", "off"))
-        return self._gen_max
+        """Each feature's max activation on the corpus (``gen_max``), from the corpus stage."""
+        return self.corpus().max
+
+    def corpus(self) -> CorpusStats:
+        """The corpus stage (featsweep/stages/corpus.py), computed on first need, cached per subject and corpus;
+        its result is logged with the stage that first needed it."""
+        if self._corpus is None:
+            cfg = self.cfg
+            assets = Path(cfg.model.assets_dir) if cfg.model.assets_dir else ASSETS_DIR
+            key = cache_key("corpus", subject=self.subject.identity, corpus=self.resolved["corpus"],
+                            fingerprint=corpus_fingerprint(cfg.corpus, cfg.model, assets),
+                            device=str(self.subject.model.cfg.device))
+            start = time.perf_counter()
+            self._corpus, result = self.cache.get_or_compute(
+                "corpus", key, lambda: corpus_stage(self.subject, corpus_documents(cfg.corpus, cfg.model, assets),
+                                                    cfg.corpus))
+            self.job.tag("featsweep.cache.corpus", self.cache.status.get("corpus", "off"))
+            self.job.tag("featsweep.seconds.corpus", f"{time.perf_counter() - start:.1f}")
+            self.report.collect(result)
+            self.job.log_result(result)
+        return self._corpus
 
     def run_stage(self, stage: Stage, key: Optional[str], compute: Callable[[], tuple[Any, StageResult]]
                   ) -> tuple[Any, StageResult]:
