@@ -26,6 +26,7 @@ from featsweep.experiments import steering_stage
 from featsweep.inputs import log_run_inputs
 from featsweep.network import network_stage
 from featsweep.report import Report
+from featsweep.reports.dashboards import describe_network
 from featsweep.organism import ASSETS_DIR
 from featsweep.results import StageResult
 from featsweep.stages.corpus import CorpusStats, corpus_stage
@@ -101,6 +102,8 @@ class Runner:
             if stage in self.stages:
                 self.log(stage, result)
                 metrics.update(result.metrics)
+                if stage is Stage.network and output is not None:
+                    self.describe(output)
             if result.skip_reason:
                 self.skip_reason = result.skip_reason
         self.job.log_result(self.report.result(self.resolved))
@@ -145,6 +148,12 @@ class Runner:
             self.report.collect(result)
             self.job.log_result(result)
         return self._corpus
+
+    def describe(self, network) -> None:
+        """What the network's features and clusters are: features.html, its tables, report.html's cluster cards."""
+        result, self.report.cards = describe_network(network, self.corpus(), self.task.frame["answer"],
+                                                     self.subject.model.tokenizer)
+        self.job.log_result(result)
 
     def run_stage(self, stage: Stage, key: Optional[str], compute: Callable[[], tuple[Any, StageResult]]
                   ) -> tuple[Any, StageResult]:
