@@ -36,10 +36,14 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#22
 
 
 class TokenText:
-    """Token ids to readable text pieces (decoded one id at a time, memoised)."""
+    """Token ids to readable text pieces (decoded one id at a time, memoised); special tokens such as the BOS
+    that separates documents show as ``SEPARATOR``."""
+
+    SEPARATOR = " ¶ "
 
     def __init__(self, tokenizer):
-        self.tokenizer, self.cache = tokenizer, {}
+        self.tokenizer = tokenizer
+        self.cache = {int(i): self.SEPARATOR for i in getattr(tokenizer, "all_special_ids", [])}
 
     def __call__(self, token_id: int) -> str:
         if token_id < 0:
@@ -173,6 +177,6 @@ def features_page(network, stats: CorpusStats, contexts: pd.DataFrame, text: Tok
              f"{stats.context}. Density: the share of tokens where the feature fires; quantiles of its activation "
              f"where it fires (histogram estimate); the histogram's bins are log-spaced. Promotes / suppresses: the "
              f"top and bottom tokens of W_dec[i] @ W_U. Contexts: the rows where the feature's largest activation is "
-             f"largest, the max token marked.</p>")
+             f"largest, the max token marked; ¶ separates documents.</p>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>featsweep features</title><style>{STYLE}"
             f"</style></head><body><h1>Feature dashboards</h1>{intro}{blocks}</body></html>")
