@@ -77,3 +77,20 @@ def test_features_page_and_cards_show_every_feature_and_its_contexts(organism, t
     assert text.count("class='card'") == 3 and "href='features.html'" in text
     Path(tmp_path / "report.html").write_text(text)
     assert re.search(r"driven most by <i>(baseball|football|tennis|golf)</i>", text)
+
+
+def test_the_sweep_page_links_each_runs_report(tmp_path):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from featsweep.sweep_report import render_report, report_link
+
+    figure = plt.figure()
+    figure.savefig(tmp_path / "f.png")
+    plt.close(figure)
+    summary = pd.DataFrame({"steering.factor": [1.0, 10.0], "run_name": ["a", "b"], "run_id": ["r1", "r2"]})
+    links = {"r1": report_link(f"file://{tmp_path}/1/r1/artifacts", "1", "r1"),
+             "r2": report_link("s3://bucket/1/r2/artifacts", "1", "r2")}
+    page = render_report(summary, ["steering.factor"], {}, tmp_path / "f.png", "t", links)
+    assert f"href='file://{tmp_path}/1/r1/artifacts/report.html'>r1</a>" in page
+    assert "href='http://127.0.0.1:5000/#/experiments/1/runs/r2'>r2</a>" in page
