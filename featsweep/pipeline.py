@@ -120,7 +120,9 @@ class Runner:
         if stage is Stage.attribution:
             return attr_key, lambda: attribution_stage(subject, task, cfg.attribution)
         if stage is Stage.network:
-            net_key = cache_key("network", attribution=attr_key, clustering=self.resolved["clustering"], seed=cfg.seed)
+            # the corpus too: the features table carries each feature's gen_max from the corpus stage
+            net_key = cache_key("network", attribution=attr_key, clustering=self.resolved["clustering"], seed=cfg.seed,
+                                corpus=self.resolved["corpus"])
             return net_key, lambda: network_stage(out[Stage.attribution].matrix, cfg.clustering, cfg.seed,
                                                   self.generic_max(), subject.neuronpedia_id)
         return None, lambda: steering_stage(subject, task, out[Stage.attribution].attrs, out[Stage.network],

@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, Optional
 
 from featsweep.config import CorpusConfig, CorpusSource, ModelSource
 from featsweep.errors import FeatsweepError
+from featsweep.organism import ASSETS_DIR
 
 # Packages whose docstrings extend Python's own documentation, in this order (those installed; BSD/PSF licences).
 DOC_PACKAGES = ["numpy", "scipy", "pandas", "networkx", "matplotlib", "sklearn", "torch"]
@@ -65,7 +66,8 @@ def corpus_documents(cfg: CorpusConfig, model_cfg, organism_assets: Optional[Pat
     if source is CorpusSource.file:
         raise FeatsweepError("corpus.source=file needs corpus.path=FILE_OR_DIR (.txt, .jsonl or .csv).")
     if ModelSource(model_cfg.source) is ModelSource.organism:
-        return Documents(_organism_documents(organism_assets), "offline:organism-heldout")
+        assets = organism_assets or Path(model_cfg.assets_dir or ASSETS_DIR)
+        return Documents(_organism_documents(assets), "offline:organism-heldout")
     return Documents(_python_documents(), "offline:pydoc+docstrings")
 
 
