@@ -60,7 +60,7 @@ def test_top_contexts_density_max_and_quantiles_equal_brute_force(tiny_subject, 
         got = stats.top_values[latent][: len(order)]
         np.testing.assert_allclose(got, row_max[order, latent], rtol=1e-5, atol=1e-6)
         assert np.all(stats.top_values[latent][len(order):] == 0)
-        def window(row):
+        def window(row, latent=latent):
             return padded[row, row_arg[row, latent] : row_arg[row, latent] + LEFT + 1 + RIGHT]
         for rank in range(len(order)):
             # rows sharing a prefix tie exactly (causal attention), so a context may be any row of the same value
