@@ -18,5 +18,5 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DATA_DIR = PACKAGE_DIR / "data"  # task CSVs and the generic text, shipped in the wheel
+DATA_DIR = PACKAGE_DIR / "data"  # the task CSVs, shipped in the wheel
 CONF_DIR = PACKAGE_DIR / "conf"  # Hydra config groups

@@ -111,7 +111,7 @@ class SteeringMode(str, Enum):
 
 
 class SteeringScale(str, Enum):
-    gen_max = "gen_max"  # max activation on generic text, BOS excluded
+    gen_max = "gen_max"  # max activation on the corpus (the corpus stage), BOS excluded
     local_max = "local_max"  # largest activation on the task's prompts
     unit = "unit"
 
@@ -284,6 +284,37 @@ class SteeringConfig:
             _at_least("steering.token_budget", self.token_budget, 1)
 
 
+class CorpusSource(str, Enum):
+    offline = "offline"  # text every machine has: the organism's held-out text, else Python's docs + docstrings
+    huggingface = "huggingface"  # a Hugging Face dataset through `datasets` (corpus=pile10k)
+    file = "file"  # corpus.path: a .txt/.jsonl/.csv file or a folder of them (any source with corpus.path set)
+
+
+@dataclass
+class CorpusConfig:
+    """The text features are described on (featsweep/stages/corpus.py; data card: docs/corpus.md)."""
+
+    name: str = "offline"
+    source: CorpusSource = CorpusSource.offline
+    path: Optional[str] = None  # a .txt/.jsonl/.csv file or a folder of them; set, it is the corpus
+    dataset: Optional[str] = None  # source=huggingface: the dataset's name, e.g. NeelNanda/pile-10k
+    split: str = "train"
+    text_column: str = "text"  # .jsonl/.csv files and datasets: the column holding the text
+    n_tokens: int = 65_536  # tokens read (fewer when the corpus is shorter)
+    context: Optional[int] = None  # tokens per row (BOS first); null = min(128, the model's n_ctx)
+    batch_size: int = 16  # rows per forward
+    top_k: int = 20  # top-activating contexts kept per latent
+
+    def __post_init__(self) -> None:
+        _at_least("corpus.n_tokens", self.n_tokens, 1)
+        if self.context is not None:
+            _at_least("corpus.context", self.context, 2)
+        _at_least("corpus.batch_size", self.batch_size, 1)
+        _at_least("corpus.top_k", self.top_k, 1)
+        if CorpusSource(self.source) is CorpusSource.huggingface and not self.dataset and not self.path:
+            _bad("corpus.dataset", None, "corpus.source=huggingface needs a dataset name, e.g. corpus=pile10k")
+
+
 @dataclass
 class TrackingConfig:
     uri: str = "sqlite:///${fs_cwd:}/mlflow.db"
@@ -313,6 +344,7 @@ class Config:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
 

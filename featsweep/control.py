@@ -5,7 +5,7 @@
     python -m featsweep.control --steering # ... also single-feature steering (slower)
 
 The default preset (``featsweep/conf/experiment/organism.yaml``) builds the network exactly as
-``python -m featsweep`` does (task, attribution, generic-text max activations, clustering with its
+``python -m featsweep`` does (task, attribution, the corpus stage's max activations, clustering with its
 permutation null and bootstrap), through the same functions, without MLflow. Besides the pipeline's
 own metrics it describes the kept clusters by the prompts' sports: for each kept cluster the mean
 z-scored attribution of its features per sport (``sport_profile``) and the share of the variance of
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,7 +31,9 @@ from featsweep.stages.steering import steering_stage
 from featsweep.stages.network import network_stage
 from featsweep.subjects.organism.load import ASSETS_DIR, CARD
 from featsweep.engines.intervention import steering_scales
-from featsweep.subjects.loading import load_subject, max_activations
+from featsweep.stages.corpus import corpus_stage
+from featsweep.stages.corpus_text import corpus_documents
+from featsweep.subjects.loading import load_subject
 from featsweep.stages.task import load_task, task_stage
 from featsweep import CONF_DIR
 
@@ -57,7 +60,8 @@ def build_network(overrides: Sequence[str] = ()) -> dict[str, Any]:
     baseline, task_result = task_stage(subject.model, task, cfg.task.batch_size)
     attributed, _ = attribution_stage(subject, task, cfg.attribution)
     attrs, matrix = attributed.attrs, attributed.matrix
-    gen_max = max_activations(subject, subject.generic_texts, progress=False)
+    assets = Path(cfg.model.assets_dir) if cfg.model.assets_dir else ASSETS_DIR
+    gen_max = corpus_stage(subject, corpus_documents(cfg.corpus, cfg.model, assets), cfg.corpus, progress=False)[0].max
     network, result = network_stage(matrix, cfg.clustering, cfg.seed, gen_max, None, progress=False)
     return dict(cfg=cfg, subject=subject, task=task, baseline=baseline, task_metrics=task_result.metrics,
                 attrs=attrs, matrix=matrix, gen_max=gen_max, network=network, metrics=result.metrics)

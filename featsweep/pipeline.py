@@ -26,8 +26,12 @@ from featsweep.stages.steering import steering_stage
 from featsweep.tracking.inputs import log_run_inputs
 from featsweep.stages.network import network_stage
 from featsweep.reports.run_report import Report
+from featsweep.reports.dashboards import describe_network
+from featsweep.subjects.organism import ASSETS_DIR
 from featsweep.results import StageResult
-from featsweep.subjects.loading import load_subject, max_activations
+from featsweep.stages.corpus import CorpusStats, corpus_stage
+from featsweep.stages.corpus_text import corpus_documents, corpus_fingerprint
+from featsweep.subjects.loading import load_subject
 from featsweep.stages.task import load_task, task_stage
 from featsweep.tracking.run import JobRun
 
@@ -70,7 +74,7 @@ class Runner:
         self.cache = StageCache(cfg.cache.dir, cfg.cache.enabled)
         self.skip_reason: Optional[str] = None
         self.outputs: dict[Stage, Any] = {}
-        self._gen_max: Optional[np.ndarray] = None
+        self._corpus: Optional[CorpusStats] = None
         self.report = Report()  # report.html: collects every logged result (figures before they close)
 
     def run(self) -> dict[str, float]:
@@ -98,6 +102,8 @@ class Runner:
             if stage in self.stages:
                 self.log(stage, result)
                 metrics.update(result.metrics)
+                if stage is Stage.network and output is not None:
+                    self.describe(output)
             if result.skip_reason:
                 self.skip_reason = result.skip_reason
         self.job.log_result(self.report.result(self.resolved))
@@ -114,20 +120,42 @@ class Runner:
         if stage is Stage.attribution:
             return attr_key, lambda: attribution_stage(subject, task, cfg.attribution)
         if stage is Stage.network:
-            net_key = cache_key("network", code=network_stage, attribution=attr_key, clustering=self.resolved["clustering"], seed=cfg.seed)
+            # the corpus too: the features table carries each feature's gen_max from the corpus stage
+            net_key = cache_key("network", code=network_stage, attribution=attr_key,
+                                clustering=self.resolved["clustering"], seed=cfg.seed, corpus=self.resolved["corpus"])
             return net_key, lambda: network_stage(out[Stage.attribution].matrix, cfg.clustering, cfg.seed,
                                                   self.generic_max(), subject.neuronpedia_id)
         return None, lambda: steering_stage(subject, task, out[Stage.attribution].attrs, out[Stage.network],
                                             out[Stage.task], self.generic_max(), cfg.steering, cfg.seed)
 
     def generic_max(self) -> np.ndarray:
-        """Each feature's max activation on generic text (cached: shared by every job on this subject)."""
-        if self._gen_max is None:
-            key = cache_key("gen_max", code=max_activations, subject=self.subject.identity, texts=self.subject.generic_texts)
-            self._gen_max = self.cache.get_or_compute(
-                "gen_max", key, lambda: max_activations(self.subject, self.subject.generic_texts))
-            self.job.tag("featsweep.cache.gen_max", self.cache.status.get("gen_max", "off"))
-        return self._gen_max
+        """Each feature's max activation on the corpus (``gen_max``), from the corpus stage."""
+        return self.corpus().max
+
+    def corpus(self) -> CorpusStats:
+        """The corpus stage (featsweep/stages/corpus.py), computed on first need, cached per subject and corpus;
+        its result is logged with the stage that first needed it."""
+        if self._corpus is None:
+            cfg = self.cfg
+            assets = Path(cfg.model.assets_dir) if cfg.model.assets_dir else ASSETS_DIR
+            key = cache_key("corpus", code=corpus_stage, subject=self.subject.identity, corpus=self.resolved["corpus"],
+                            fingerprint=corpus_fingerprint(cfg.corpus, cfg.model, assets),
+                            device=str(self.subject.model.cfg.device))
+            start = time.perf_counter()
+            self._corpus, result = self.cache.get_or_compute(
+                "corpus", key, lambda: corpus_stage(self.subject, corpus_documents(cfg.corpus, cfg.model, assets),
+                                                    cfg.corpus))
+            self.job.tag("featsweep.cache.corpus", self.cache.status.get("corpus", "off"))
+            self.job.tag("featsweep.seconds.corpus", f"{time.perf_counter() - start:.1f}")
+            self.report.collect(result)
+            self.job.log_result(result)
+        return self._corpus
+
+    def describe(self, network) -> None:
+        """What the network's features and clusters are: features.html, its tables, report.html's cluster cards."""
+        result, self.report.cards = describe_network(network, self.corpus(), self.task.frame["answer"],
+                                                     self.subject.model.tokenizer)
+        self.job.log_result(result)
 
     def run_stage(self, stage: Stage, key: Optional[str], compute: Callable[[], tuple[Any, StageResult]]
                   ) -> tuple[Any, StageResult]:

@@ -72,7 +72,7 @@ def tiny_subject_from(texts: list[str], n_layers: int = 3, d_model: int = 32, d_
     for p in list(model.parameters()) + list(sae.parameters()):
         p.requires_grad_(False)
     return Subject(model=model, sae=sae, hook_name=TINY_HOOK, layer=1, identity=f"tiny:{seed}",
-                   neuronpedia_id=None, generic_texts=[" ".join(texts[i : i + 3]) for i in range(0, 30, 3)])
+                   neuronpedia_id=None)
 
 
 def athlete_texts() -> list[str]:

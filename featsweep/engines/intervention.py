@@ -76,7 +76,7 @@ def steering_scales(scale: SteeringScale | str, d_sae: int, gen_max: Optional[np
                     attrs=None) -> np.ndarray:
     """Per-feature steering scale ``[d_sae]`` (float64).
 
-    * ``gen_max``: the feature's max activation on generic text (BOS excluded), as given.
+    * ``gen_max``: the feature's max activation on the corpus (the corpus stage; BOS excluded), as given.
     * ``local_max``: its largest activation on the task's prompts: the max of ``attrs.table.activation``
       per feature (0 for a feature never active there, so it is not pushed at all).
     * ``unit``: 1 for every feature (the push is ``factor`` times the unit-norm-ish decoder row).
@@ -86,7 +86,7 @@ def steering_scales(scale: SteeringScale | str, d_sae: int, gen_max: Optional[np
         return np.ones(d_sae)
     if scale is SteeringScale.gen_max:
         if gen_max is None:
-            raise FeatsweepError("steering.scale=gen_max needs the features' max activations on generic text, "
+            raise FeatsweepError("steering.scale=gen_max needs the features' max activations on the corpus, "
                                  "but none were given. Use steering.scale=local_max or steering.scale=unit.")
         gen_max = np.asarray(gen_max, dtype=np.float64)
         if gen_max.shape != (d_sae,):
@@ -105,7 +105,7 @@ def steering_scales(scale: SteeringScale | str, d_sae: int, gen_max: Optional[np
 
 def fill_zero_scales(scales: np.ndarray, steered, attrs=None) -> tuple[np.ndarray, int]:
     """The zero-scale fallback (``steering.zero_scale_fallback``): a steered feature whose scale is 0 (with
-    ``gen_max``: never active on the generic text) would silently not be pushed at all. It gets its largest
+    ``gen_max``: never active in the corpus) would silently not be pushed at all. It gets its largest
     activation on the task's prompts (its ``local_max``) instead; where that is 0 too, the median non-zero
     scale of the steered features. Returns the new scales and how many steered features had scale 0."""
     scales = np.asarray(scales, dtype=np.float64).copy()
@@ -119,7 +119,7 @@ def fill_zero_scales(scales: np.ndarray, steered, attrs=None) -> tuple[np.ndarra
     still = zero[scales[zero] <= 0]
     if len(still) and len(positive):
         scales[still] = float(np.median(positive))
-    log.warning("%d steered feature(s) had steering scale 0 (e.g. never active on the generic text); used their "
+    log.warning("%d steered feature(s) had steering scale 0 (e.g. never active in the corpus); used their "
                 "task max activation (local_max), else the median steered scale.", len(zero))
     return scales, int(len(zero))
 

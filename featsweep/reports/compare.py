@@ -35,7 +35,7 @@ from featsweep.errors import FeatsweepError
 from featsweep.plots import plot_hypotheses
 from featsweep.hypotheses.stats import adjust_pvalues
 from featsweep.tracking.store import mask
-from featsweep.reports.sweep_report import render_report, ui_command
+from featsweep.reports.sweep_report import render_report, report_link, ui_command
 from featsweep.tracking.run import client_for
 
 # The statistics that answer H1-H3 (and the context needed to read them), in the order they are shown: the
@@ -160,7 +160,8 @@ def write_summary(client, runs: pd.DataFrame, out_dir: Path, parent: Optional[st
     figure = plot_hypotheses(table, dims or ["run_name"], shown, constant, title=title)
     figure.savefig(out_dir / "hypotheses.png", dpi=100, bbox_inches="tight")
     plt.close(figure)
-    (out_dir / "report.html").write_text(render_report(summary, dims, constant, out_dir / "hypotheses.png", title))
+    links = {r.run_id: report_link(str(r.artifact_uri), str(r.experiment_id), r.run_id) for r in runs.itertuples()}
+    (out_dir / "report.html").write_text(render_report(summary, dims, constant, out_dir / "hypotheses.png", title, links))
     if parent:
         client.log_artifacts(parent, str(out_dir), "compare")
         client.set_tag(parent, "featsweep.compare.n_runs", str(len(table)))

@@ -34,7 +34,11 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#22
          "margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:right}"
          "th{background:#f3f3f3}td:first-child{text-align:left}.supported{color:#17702c;font-weight:bold}"
          ".not_supported{color:#a4161a;font-weight:bold}.inconclusive{color:#8a6d00;font-weight:bold}"
-         "img{max-width:540px;margin:4px;border:1px solid #eee}pre{font-size:12px;background:#fafafa;padding:8px}")
+         "img{max-width:540px;margin:4px;border:1px solid #eee}pre{font-size:12px;background:#fafafa;padding:8px}"
+         ".card{border:1px solid #ddd;border-radius:4px;padding:4px 12px;margin:10px 0}.cols{display:flex;gap:16px}"
+         ".cols ul{flex:1;padding-left:18px}.ctx{font-family:monospace;font-size:12px;white-space:pre-wrap;color:#444}"
+         "mark{background:#ffb347;font-weight:bold}.tok{font-family:monospace;font-size:12px;background:#f3f3f3;"
+         "padding:0 3px;margin:0 1px}small{color:#666}")
 
 
 class Report:
@@ -44,6 +48,7 @@ class Report:
         self.metrics: dict[str, float] = {}
         self.tags: dict[str, str] = {}
         self.images: dict[str, str] = {}  # artifact path -> base64 PNG
+        self.cards: list[dict] = []  # one per kept cluster (featsweep/reports/dashboards.py)
 
     def collect(self, result: StageResult) -> None:
         self.metrics.update(result.metrics)
@@ -78,6 +83,8 @@ class Report:
             parts.append(getattr(self, f"_{name}")())
             parts += [f"<img alt='{html.escape(p)}' src='data:image/png;base64,{self.images[p]}'>"
                       for p in KEY_PLOTS[name] if p in self.images]
+            if name == "h1" and self.cards:
+                parts.append(self._clusters())
         parts.append(f"<h2>The verdict rules</h2><pre>{html.escape(verdicts.__doc__ or '')}</pre></body></html>")
         return "\n".join(parts)
 
@@ -97,6 +104,31 @@ class Report:
         if "h1.centrality_estimate" in self.tags:
             note += f"<p>{html.escape(self.tags['h1.centrality_estimate'])}</p>"
         return _table(["network", "value"], summary) + note + (_table(["metric", *columns], rows) if rows else "")
+
+    def _clusters(self) -> str:
+        """A card per kept cluster: size, top features (logit lens, contexts, Neuronpedia), answers driving it."""
+        parts = ["<h3>What the kept clusters are</h3><p>Top features by mean |attribution|, each with the tokens its "
+                 "decoder direction promotes and suppresses (W_dec[i] @ W_U) and its top corpus contexts (max token "
+                 "marked). Answers: mean attribution of the cluster's features over the prompts with that correct "
+                 "answer. Every feature: <a href='features.html'>features.html</a>.</p>"]
+        for card in self.cards:
+            features = []
+            for f in card["features"]:
+                url = f["url"] if isinstance(f["url"], str) and f["url"] else ""
+                name = f"<a href='{html.escape(url)}'>{f['feature']}</a>" if url else f"{f['feature']}"
+                contexts = "".join(f"<div class='ctx'>{html.escape(c.left)}<mark>{html.escape(c.token)}</mark>"
+                                   f"{html.escape(c.right)} <small>{c.activation:.3g}</small></div>"
+                                   for c in f["contexts"].itertuples())
+                features.append(f"<li><b>{name}</b> <small>mean |attr| {f['mean_abs']:.3g}</small> promotes "
+                                f"{_tokens(f['promoted'][:6])} suppresses {_tokens(f['suppressed'][:4])}"
+                                f"{contexts or '<div><small>never fires in the corpus</small></div>'}</li>")
+            answers = card["answers"]
+            table = _table(["answer", "prompts", "mean attribution"],
+                           [[a.answer, a.n_prompts, _fmt(a.mean_attribution)] for a in answers.itertuples()])
+            top = html.escape(answers.iloc[0]["answer"]) if len(answers) else "?"
+            parts.append(f"<div class='card'><h4>Cluster {card['cluster']}: {card['size']} features, driven most by "
+                         f"<i>{top}</i></h4><div class='cols'><ul>{''.join(features)}</ul>{table}</div></div>")
+        return "".join(parts)
 
     def _h2(self) -> str:
         m = self.metrics
@@ -138,6 +170,10 @@ def _fmt(value) -> str:
             return "NaN"
         return f"{value:.3g}" if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e4) else f"{value:.4g}"
     return str(value)
+
+
+def _tokens(tokens: list[str]) -> str:
+    return "".join(f"<span class='tok'>{html.escape(repr(t)[1:-1])}</span>" for t in tokens)
 
 
 def _verdict(verdict: str) -> str:

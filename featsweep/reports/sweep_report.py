@@ -28,7 +28,7 @@ td,th{border:1px solid #ccc;padding:3px 7px;text-align:right} th{background:#f3f
 
 READING = ("<p>How to read it: each run tags every hypothesis <code>supported</code>, <code>not_supported</code> or "
            "<code>inconclusive</code> (the <code>h1/h2/h3.verdict</code> columns; the reason is the run's "
-           "<code>h&lt;k&gt;.verdict_reason</code> tag) by these rules, quoted from <code>featsweep/verdicts.py</code>. "
+           "<code>h&lt;k&gt;.verdict_reason</code> tag) by these rules, quoted from <code>featsweep/hypotheses/verdicts.py</code>. "
            "P-values corrected across the runs of the sweep are in <code>summary_full.csv</code> "
            "(<code>*.sweep_adj</code>). Every metric name is explained in the glossary, <code>docs/metrics.md</code>.</p>")
 
@@ -98,7 +98,16 @@ def _cell(value) -> str:
     return html.escape(str(value))
 
 
-def _table(summary: pd.DataFrame) -> str:
+def report_link(artifact_uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a run's report.html opens: the file in a local artifact store, else the run's page in the UI."""
+    if artifact_uri.startswith("file://"):
+        return f"{artifact_uri}/report.html"
+    if artifact_uri.startswith("/"):
+        return f"file://{artifact_uri}/report.html"
+    return run_url(experiment_id, run_id)
+
+
+def _table(summary: pd.DataFrame, links: Optional[dict] = None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in summary.columns)
     rows = []
     for _, row in summary.iterrows():
@@ -107,12 +116,16 @@ def _table(summary: pd.DataFrame) -> str:
             last = column.rsplit(".", 1)[-1]
             is_p = last in ("p", "p_adj", "p_partial") or last.endswith("_p")
             low = is_p and isinstance(value, float) and value < 0.05
+            if column == "run_id" and links and value in links:  # each run's own report.html
+                cells.append(f"<td><a href='{html.escape(links[value])}'>{_cell(value)}</a></td>")
+                continue
             cells.append(f"<td class='low'>{_cell(value)}</td>" if low else f"<td>{_cell(value)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def render_report(summary: pd.DataFrame, dims: list[str], constant: dict, figure: Path, title: str = "") -> str:
+def render_report(summary: pd.DataFrame, dims: list[str], constant: dict, figure: Path, title: str = "",
+                  links: Optional[dict] = None) -> str:
     """The whole page: what was swept, the figure, the headline table, and what did not change."""
     image = base64.b64encode(Path(figure).read_bytes()).decode()
     fixed = "".join(f"<li><code>{html.escape(k)}</code> = {_cell(v)}</li>" for k, v in constant.items())
@@ -120,12 +133,12 @@ def render_report(summary: pd.DataFrame, dims: list[str], constant: dict, figure
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>featsweep: {html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 <h2>featsweep: {html.escape(title)}</h2>
-<p>{len(summary)} finished runs; swept: {swept}. Each row of the table is one run; p-values below 0.05 are marked.</p>
+<p>{len(summary)} finished runs; swept: {swept}. Each row of the table is one run (its run_id opens the run's report.html); p-values below 0.05 are marked.</p>
 {READING}
 {verdict_rules_html()}
 <img alt="H1-H3 against the swept dimensions" src="data:image/png;base64,{image}">
 <h3>Headline metrics (summary.csv)</h3>
-{_table(summary)}
+{_table(summary, links)}
 <h3>Did not vary across the sweep</h3>
 <ul>{fixed or "<li>(none)</li>"}</ul>
 </body></html>

@@ -11,12 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from huggingface_hub import try_to_load_from_cache
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.loading_from_pretrained import get_official_model_name
 from transformers import AutoTokenizer
@@ -25,11 +23,9 @@ from featsweep.config import Device, DType, ModelSource, SaeSource
 from featsweep.errors import FeatsweepError
 from featsweep.subjects.gguf import load_gguf_model
 from featsweep.subjects.organism import ASSETS_DIR, load_organism, load_tokenizer
-from featsweep import DATA_DIR
 
 log = logging.getLogger(__name__)
 
-GENERIC_TEXT = DATA_DIR / "generic.txt"
 HUB_HOST = "huggingface.co"
 
 # Shapes used by model.random_init when the hub config is not cached. These are
@@ -60,7 +56,6 @@ class Subject:
     layer: int
     identity: str  # names the weights, for cache keys and run tags
     neuronpedia_id: Optional[str] = None  # e.g. "gpt2-small/7-res-jb"
-    generic_texts: list[str] = field(default_factory=list)  # for gen_max activations
     notes: dict[str, str] = field(default_factory=dict)  # tagged on the run
 
     @property
@@ -284,56 +279,6 @@ def check_fit(model: HookedTransformer, sae: SAE, hook_name: str) -> int:
     return layer
 
 
-def read_generic_texts(model_cfg) -> list[str]:
-    """Held-out generic text for features' max activations: the organism's own, else the packaged file."""
-    if ModelSource(model_cfg.source) is ModelSource.organism:
-
-        path = (Path(model_cfg.assets_dir) if model_cfg.assets_dir else ASSETS_DIR) / "generic.txt"
-    else:
-        path = GENERIC_TEXT
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def max_activations(subject, texts: list[str], batch_size: int = 16, progress: bool = True) -> np.ndarray:
-    """Each feature's max SAE activation over ``texts`` ([d_sae]), the BOS position excluded.
-
-    Texts are right-padded within a batch; causal attention means padding cannot change earlier positions,
-    and padded positions are masked out.
-    """
-    model, sae = subject.model, subject.sae
-    out = torch.zeros(subject.d_sae, dtype=torch.float32)
-    if not texts:
-        return out.numpy()
-    n_ctx = int(model.cfg.n_ctx)
-    tokens = [model.to_tokens(text, prepend_bos=True)[0][:n_ctx].cpu() for text in texts]
-    order = np.argsort([len(t) for t in tokens], kind="stable")
-    captured: dict = {}
-
-    def grab(x, hook=None):
-        captured["x"] = x
-        return x
-
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc="gen max activations", leave=False,
-                          disable=not progress):
-            chunk = [tokens[i] for i in order[start : start + batch_size]]
-            lengths = torch.tensor([len(t) for t in chunk])
-            if int(lengths.max()) < 2:
-                continue  # only BOS: nothing to count
-            batch = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.long)
-            for row, toks in enumerate(chunk):
-                batch[row, : len(toks)] = toks
-                batch[row, len(toks):] = toks[-1]
-            model.run_with_hooks(batch.to(subject.device), fwd_hooks=[(subject.hook_name, grab)],
-                                 stop_at_layer=subject.layer + 1)
-            acts = sae.encode(captured["x"]).float().cpu()  # [b, T, d_sae]
-            positions = torch.arange(batch.shape[1])
-            valid = (positions[None, :] >= 1) & (positions[None, :] < lengths[:, None])
-            acts = acts.masked_fill(~valid[..., None], 0.0)
-            out = torch.maximum(out, acts.amax(dim=(0, 1)))
-    return out.numpy()
-
-
 def load_subject(cfg) -> Subject:
     """Load the model and SAE named by ``cfg.model``/``cfg.sae`` and check that they fit."""
     device = resolve_device(cfg.device)
@@ -370,8 +315,7 @@ def load_subject(cfg) -> Subject:
         param.requires_grad_(False)
     return Subject(
         model=model, sae=sae, hook_name=hook_name, layer=layer,
-        identity=f"{model_id}|{sae_id}|{dtype}", neuronpedia_id=neuronpedia_id,
-        generic_texts=read_generic_texts(cfg.model), notes=notes,
+        identity=f"{model_id}|{sae_id}|{dtype}", neuronpedia_id=neuronpedia_id, notes=notes,
     )
 
 

@@ -99,7 +99,7 @@ def test_parent_logs_the_one_page_and_its_dimensions(quick_sweep):
     assert parent["metrics.sweep.task.accuracy.min"] == summary["task.accuracy"].min()
     html = (work / next((work / "multirun").glob("*/*")) / "compare" / "report.html").read_text()
     assert "data:image/png;base64," in html and "steering.factor" in html
-    assert verdict_rules_html() in html and "effect_size" not in html  # the rules of featsweep/verdicts.py
+    assert verdict_rules_html() in html and "effect_size" not in html  # the rules of featsweep/hypotheses/verdicts.py
     assert f"parent run {parent['run_id']}" in proc.stdout and "summary.csv" in proc.stdout
     assert "ui --backend-store-uri" in proc.stdout and "--port" in proc.stdout
 

@@ -24,7 +24,7 @@ def test_factor_sweep_computes_shared_stages_once(factor_sweep):
     runs = mlflow_runs(work)
     jobs = runs[runs["tags.mlflow.parentRunId"].notna()].sort_values("start_time")
     assert len(jobs) == 3 and (jobs["status"] == "FINISHED").all()
-    for stage in ("attribution", "network", "gen_max"):
+    for stage in ("attribution", "network", "corpus"):
         assert jobs[f"tags.featsweep.cache.{stage}"].tolist() == ["miss", "hit", "hit"], stage
     # a hit gives exactly the numbers of the miss
     for metric in ("network.n_edges", "network.modularity", "h1.bootstrap_ari_mean", "attribution.n_selected_features"):
@@ -34,7 +34,8 @@ def test_factor_sweep_computes_shared_stages_once(factor_sweep):
     for run_id in jobs["run_id"]:
         logged = artifacts(client, run_id)
         assert {"tables/steering_single.parquet", "tables/steering_sets.parquet", "tables/features.parquet",
-                "network/graph.graphml", "plots/steering_within_vs_between.png"} <= logged
+                "network/graph.graphml", "plots/steering_within_vs_between.png", "features.html",
+                "tables/feature_contexts.parquet", "tables/cluster_answers.csv", "report.html"} <= logged
 
 
 def test_sweep_summary_is_logged_to_the_parent_with_corrected_p_values(factor_sweep):

@@ -20,7 +20,6 @@ from featsweep.stages.attribution import (
     spliced_logits,
 )
 from featsweep.config import AttributionConfig, TaskConfig
-from featsweep.subjects.loading import max_activations
 from featsweep.stages.task import load_task
 from helpers import athlete_texts, make_word_tokenizer, tiny_subject_from
 
@@ -182,20 +181,6 @@ def test_selection_modes():
     assert list(select_features(matrix, "topk", top_k=3).columns) == [1, 2, 3]
     cfg = AttributionConfig(aggregation="sum", exclude_prefix=True, selection="all_nonzero")
     assert list(attribution_matrix(_hand_attrs(), cfg).columns) == [3]
-
-
-def test_max_activations_excludes_bos(tiny_subject):
-    texts = tiny_subject.generic_texts[:5]
-    got = max_activations(tiny_subject, texts, batch_size=2, progress=False)
-    expected = np.zeros(tiny_subject.d_sae)
-    with_bos = np.zeros(tiny_subject.d_sae)
-    for text in texts:
-        _, cache = tiny_subject.model.run_with_cache(text, names_filter=tiny_subject.hook_name)
-        acts = tiny_subject.sae.encode(cache[tiny_subject.hook_name])[0].detach().numpy()
-        expected = np.maximum(expected, acts[1:].max(axis=0))
-        with_bos = np.maximum(with_bos, acts.max(axis=0))
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-    assert got.shape == (tiny_subject.d_sae,)
 
 
 def test_stage_outputs(tiny_subject, small_task):
