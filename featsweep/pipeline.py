@@ -1,10 +1,11 @@
-"""Runs the stages in order (task -> attribution -> network -> steering) and hands each result to tracking.
+"""Runs the stages in order (task -> attribution -> network -> cooccurrence -> steering) and hands each result to tracking.
 
 Each stage is a plain function of its inputs that returns ``(output, StageResult)``; the result holds
 everything the stage made (metrics, tables, figures, files). Attribution and the network go through the
 content-addressed cache whole, so the jobs of a sweep that share a stage's inputs compute it once. A
 cached stage left out of ``stages`` may still feed a later stage from the cache; otherwise that is a
-clear error. One code path runs every stage: cache, log, skip reason.
+clear error. One code path runs every stage: cache, log, skip reason. The co-occurrence stage runs even
+when an earlier stage skips the rest (it needs only the corpus; H4 then reports itself inconclusive).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from featsweep.experiments import steering_stage
 from featsweep.inputs import log_run_inputs
 from featsweep.network import network_stage
 from featsweep.report import Report
+from featsweep.stages.cooccurrence import Counts, corpus_texts, count_corpus
+from featsweep.stages.dictionary import cooccurrence_stage
 from featsweep.results import StageResult
 from featsweep.subject import load_subject, max_activations
 from featsweep.task import load_task, task_stage
@@ -33,12 +36,13 @@ from featsweep.tracking import JobRun
 
 log = logging.getLogger(__name__)
 
-ORDER = [Stage.task, Stage.attribution, Stage.network, Stage.steering]
+ORDER = [Stage.task, Stage.attribution, Stage.network, Stage.cooccurrence, Stage.steering]
 # The stage outputs each stage consumes (the prompts themselves come from load_task, not the task stage).
 INPUTS = {
     Stage.task: (),
     Stage.attribution: (),
     Stage.network: (Stage.attribution,),
+    Stage.cooccurrence: (Stage.network,),  # H4 reads the task's clusters
     Stage.steering: (Stage.task, Stage.attribution, Stage.network),
 }
 CACHED = {Stage.attribution, Stage.network}
@@ -84,7 +88,7 @@ class Runner:
         log_run_inputs(self.job, cfg, self.subject, self.task)
         metrics: dict[str, float] = {}
         for stage in stages_to_compute(self.stages):
-            if self.skip_reason:
+            if self.skip_reason and stage is not Stage.cooccurrence:
                 if stage in self.stages:
                     self.job.tag(f"featsweep.stage.{stage.value}", f"skipped: {self.skip_reason}")
                 continue
@@ -117,6 +121,9 @@ class Runner:
             net_key = cache_key("network", attribution=attr_key, clustering=self.resolved["clustering"], seed=cfg.seed)
             return net_key, lambda: network_stage(out[Stage.attribution].matrix, cfg.clustering, cfg.seed,
                                                   self.generic_max(), subject.neuronpedia_id)
+        if stage is Stage.cooccurrence:
+            return None, lambda: cooccurrence_stage(self.cooc_counts(), cfg.cooccurrence, cfg.seed,
+                                                    out.get(Stage.network), subject)
         return None, lambda: steering_stage(subject, task, out[Stage.attribution].attrs, out[Stage.network],
                                             out[Stage.task], self.generic_max(), cfg.steering, cfg.seed)
 
@@ -128,6 +135,18 @@ class Runner:
                 "gen_max", key, lambda: max_activations(self.subject, self.subject.generic_texts))
             self.job.tag("featsweep.cache.gen_max", self.cache.status.get("gen_max", "off"))
         return self._gen_max
+
+    def cooc_counts(self) -> Counts:
+        """Corpus co-occurrence counts (cached: shared by every job on this subject with the same counting
+        settings). Counts on this module's own corpus pass until the shared corpus pass feeds the counter."""
+        cc, subject = self.cfg.cooccurrence, self.subject
+        texts = corpus_texts(subject, self.cfg.model)
+        counting = {"unit": cc.unit.value, "activation_threshold": cc.activation_threshold,
+                    "window": cc.window if cc.unit.value == "window" else None}
+        key = cache_key("cooc_counts", subject=subject.identity, texts=texts, counting=counting)
+        counts = self.cache.get_or_compute("cooc_counts", key, lambda: count_corpus(subject, texts, cc))
+        self.job.tag("featsweep.cache.cooc_counts", self.cache.status.get("cooc_counts", "off"))
+        return counts
 
     def run_stage(self, stage: Stage, key: Optional[str], compute: Callable[[], tuple[Any, StageResult]]
                   ) -> tuple[Any, StageResult]:
