@@ -229,7 +229,7 @@ def corpus_batches(subject, texts: list[str], batch_size: int, progress: bool = 
 
 def count_corpus(subject, texts: list[str], cfg: CooccurrenceConfig, progress: bool = True) -> Counts:
     """Counts over ``texts`` through the subject (the part the shared corpus pass replaces)."""
-    if cfg.unit is CoocUnit.window and cfg.window > int(subject.model.cfg.n_ctx):
+    if CoocUnit(cfg.unit) is CoocUnit.window and cfg.window > int(subject.model.cfg.n_ctx):
         raise FeatsweepError(f"cooccurrence.window={cfg.window} is longer than the model's context "
                              f"({subject.model.cfg.n_ctx} tokens): use cooccurrence.window<={subject.model.cfg.n_ctx}.")
     if not texts:

@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import sparse
 
 from featsweep import plots
-from featsweep.config import CooccurrenceConfig
+from featsweep.config import CooccurrenceConfig, CoocMeasure
 from featsweep.engines.dictionary_graph import (DictionaryGraph, auto_threshold, build_dictionary_graph,
                                                 community_table)
 from featsweep.errors import FeatsweepError
@@ -75,7 +75,7 @@ def cooccurrence_stage(counts: Counts, cfg: CooccurrenceConfig, seed: int, netwo
         result.files["cooc/communities.graphml"] = graphml_bytes(nxg)
         degrees = np.bincount(np.concatenate([graph.i, graph.j]), minlength=counts.d_sae)[alive]
         result.figures["plots/cooc_degree.png"] = plots.plot_degree_distribution(
-            degrees, f"dictionary graph degrees ({cfg.measure.value} >= {graph.threshold:.3g})")
+            degrees, f"dictionary graph degrees ({CoocMeasure(cfg.measure).value} >= {graph.threshold:.3g})")
         result.figures["plots/cooc_communities.png"] = plots.plot_dictionary_communities(
             nxg, table["community"].tolist()[:N_DRAWN], seed)
     if network is not None:
@@ -92,7 +92,7 @@ def _graph(w: sparse.csr_matrix, cfg: CooccurrenceConfig, seed: int) -> Dictiona
     largest = float(w.data.max()) if w.nnz else 0.0
     if largest < threshold:
         raise FeatsweepError(f"cooccurrence.edge_threshold={cfg.edge_threshold} leaves no edge (the largest "
-                             f"{cfg.measure.value} is {largest:.4g}): lower it, or use cooccurrence.edge_threshold=auto.")
+                             f"{CoocMeasure(cfg.measure).value} is {largest:.4g}): lower it, or use cooccurrence.edge_threshold=auto.")
     return build_dictionary_graph(w, threshold, cfg.algorithm, cfg.resolution, seed)
 
 
