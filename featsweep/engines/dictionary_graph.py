@@ -44,8 +44,15 @@ def largest_component(n: int, i: np.ndarray, j: np.ndarray) -> int:
 
 
 def component_size_at(weights: sparse.csr_matrix, threshold: float) -> int:
-    i, j, _ = edges_at(weights, threshold)
-    return largest_component(weights.shape[0], i, j)
+    """Largest component at ``threshold``, straight from the CSR pattern (no edge list: the search calls this
+    ~log2(distinct weights) times on up to millions of pairs)."""
+    adj = weights.copy()
+    adj.data = (adj.data >= threshold - graph_engine.EDGE_TOLERANCE).astype(np.int8)
+    adj.eliminate_zeros()
+    if not adj.nnz:
+        return 1 if weights.shape[0] else 0
+    _, labels = connected_components(adj, directed=False)
+    return int(np.bincount(labels).max())
 
 
 def auto_threshold(weights: sparse.csr_matrix, min_size: int, max_size: int) -> tuple[float, int]:

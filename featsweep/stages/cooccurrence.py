@@ -125,22 +125,30 @@ class CooccurrenceCounter:
         with torch.no_grad():
             codes = self.codes(acts, mask)
             unit, latent = torch.nonzero(codes, as_tuple=True)
-        n = int(codes.shape[0])
-        self.n_units += n
-        self.n_tokens += int(mask.sum())
+        self.add_codes(unit.cpu().numpy(), latent.cpu().numpy(), int(codes.shape[0]), int(mask.sum()))
+
+    def add_codes(self, unit: np.ndarray, latent: np.ndarray, n_units: int, n_tokens: Optional[int] = None) -> None:
+        """Add ``n_units`` units given as the (unit, latent) index pairs of their active latents (no repeats):
+        the sparse core of :meth:`update`, for callers that already hold sparse codes."""
+        self.n_units += int(n_units)
+        self.n_tokens += int(n_units if n_tokens is None else n_tokens)
         if not len(latent):
             return
-        unit, latent = unit.cpu().numpy(), latent.cpu().numpy()
         # B.T as CSR (latents x units): its product with its transpose is C for this batch
-        bt = sparse.csr_matrix((np.ones(len(unit), np.int32), (latent, unit)), shape=(self.d_sae, n))
+        bt = sparse.csr_matrix((np.ones(len(unit), np.int32), (latent, unit)), shape=(self.d_sae, int(n_units)))
         self.per_latent += np.bincount(latent, minlength=self.d_sae)
         self._pending.append(sparse.triu(bt @ bt.T, k=1, format="csr"))
         if len(self._pending) >= _MERGE_EVERY:
             self._merge()
 
     def _merge(self) -> None:
-        for part in self._pending:
-            self._total = self._total + part.astype(np.int64)
+        """Sum the pending batch products among themselves first (small), then into the total once."""
+        if not self._pending:
+            return
+        batch = self._pending[0].astype(np.int64)
+        for part in self._pending[1:]:
+            batch = batch + part
+        self._total = self._total + batch
         self._pending = []
 
     def result(self) -> Counts:
