@@ -213,7 +213,7 @@ def test_communities_are_seeded():
     np.testing.assert_array_equal(a, b)
 
 
-FAST = ["stages=[cooccurrence]", "task.limit=40", "clustering.n_null=0", "clustering.n_rewire=0",
+FAST = ["stages=[attribution,network,cooccurrence]", "task.limit=40", "clustering.n_null=0", "clustering.n_rewire=0",
         "clustering.n_bootstrap=0", "cooccurrence.n_permutations=50", "cooccurrence.n_matched=50"]
 
 
@@ -226,4 +226,5 @@ def test_a_sweep_over_the_unit_logs_both_jobs(tmp_path):
     assert children.loc["window", "metrics.cooc.n_units"] < children.loc["token", "metrics.cooc.n_units"]
     assert children.loc["token", "metrics.cooc.n_units"] == children.loc["token", "metrics.cooc.n_tokens"]
     assert set(children["tags.h4.verdict"]) <= {"supported", "not_supported", "inconclusive"}
-    assert "network.n_edges" not in {c.removeprefix("metrics.") for c in children.dropna(axis=1).columns}
+    assert children["metrics.h4.perm_n"].tolist() == [50, 50]
+    assert (children["tags.featsweep.stage.cooccurrence"] == "done").all()
