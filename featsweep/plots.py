@@ -400,7 +400,7 @@ def plot_degree_distribution(degrees: np.ndarray, title: str = "dictionary graph
     return fig
 
 
-def plot_dictionary_communities(graph, communities: list[int], seed: int = 0, max_nodes: int = 30):
+def plot_dictionary_communities(graph, communities: list[int], seed: int = 0, max_nodes: int = 20):
     """A few dictionary communities, one panel each: the ``max_nodes`` best-connected latents of the
     community, labelled ``id: logit-lens tokens``, edge width by weight."""
     import networkx as nx
