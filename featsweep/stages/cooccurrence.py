@@ -203,7 +203,7 @@ def dense_weights(counts: Counts, latents: np.ndarray, measure: CoocMeasure | st
 def corpus_texts(subject, model_cfg) -> list[str]:
     """Held-out text: the subject's generic texts, plus the organism's held-out facts when it is the organism."""
     texts = list(subject.generic_texts)
-    if getattr(model_cfg, "source", None) is not None and str(getattr(model_cfg.source, "value", model_cfg.source)) == "organism":
+    if str(getattr(model_cfg.source, "value", model_cfg.source)) == "organism":
         from featsweep.subject import ASSETS_DIR
 
         heldout = (Path(model_cfg.assets_dir) if model_cfg.assets_dir else ASSETS_DIR) / "heldout.txt"

@@ -149,7 +149,7 @@ def _stage_counts(seed: int = 0) -> Counts:
 def test_the_stage_finds_planted_families_and_logs_a_readable_graph():
     counts = _stage_counts()
     cfg = CooccurrenceConfig(edge_threshold="0.3", n_permutations=0, n_matched=0)
-    graph, result = cooccurrence_stage(counts, cfg, seed=0)
+    _, result = cooccurrence_stage(counts, cfg, seed=0)
     assert result.metrics["cooc.n_communities"] == 3 and result.metrics["cooc.largest_community"] == 6
     table = result.tables["tables/cooc_communities.parquet"]
     assert sorted(set(map(int, " ".join(table["latents"]).split()))) == list(range(18))
