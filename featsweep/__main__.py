@@ -28,7 +28,7 @@ register_configs()
 log = logging.getLogger("featsweep")
 
 HEADLINE = ["task.accuracy", "task.mean_prob", "network.n_edges", "h1.null_edges_mean", "network.n_kept_clusters",
-            "h1.bootstrap_ari_mean", "h2.p", "h3.betweenness.p", "steering.linear_vs_exact_r"]
+            "h1.bootstrap_ari_mean", "h2.p", "h3.betweenness.p", "steering.linear_vs_exact_r", "h4.statistic"]
 NO_OUTPUT_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
 
 

@@ -45,6 +45,7 @@ class Stage(str, Enum):
     task = "task"
     attribution = "attribution"
     network = "network"
+    cooccurrence = "cooccurrence"  # corpus co-occurrence of every latent, the dictionary graph and H4
     steering = "steering"
 
 
@@ -102,6 +103,16 @@ class CommunityAlgorithm(str, Enum):
     greedy_modularity = "greedy_modularity"
     louvain = "louvain"
     leiden = "leiden"
+
+
+class CoocUnit(str, Enum):
+    token = "token"  # both latents fire on the same token (Clarke et al.)
+    window = "window"  # both fire somewhere in one window of cooccurrence.window tokens (Li et al.)
+
+
+class CoocMeasure(str, Enum):
+    jaccard = "jaccard"  # C_ij / (C_ii + C_jj - C_ij)
+    phi = "phi"  # the phi coefficient of the 2x2 table
 
 
 class SteeringMode(str, Enum):
@@ -245,6 +256,52 @@ class ClusteringConfig:
 
 
 @dataclass
+class CooccurrenceConfig:
+    """Corpus co-occurrence of every SAE latent (featsweep/stages/cooccurrence.py) and H4."""
+
+    unit: CoocUnit = CoocUnit.token
+    window: int = 16  # tokens per window (unit=window); at most the model's context
+    activation_threshold: float = 0.0  # active above this, added to a JumpReLU SAE's own threshold
+    measure: CoocMeasure = CoocMeasure.jaccard
+    # edge when weight >= this (a number in (0, 1]), or "auto": the lowest weight at which the largest connected
+    # component has at most auto_max_size latents, which must be at least auto_min_size (Clarke et al.: 150-200)
+    edge_threshold: str = "auto"
+    auto_min_size: int = 150
+    auto_max_size: int = 200
+    algorithm: CommunityAlgorithm = CommunityAlgorithm.leiden  # dictionary communities
+    resolution: float = 1.0
+    batch_size: int = 32  # corpus rows per forward pass
+    n_labels: int = 3  # logit-lens top tokens per latent
+    n_permutations: int = 1000  # H4's label permutations
+    n_matched: int = 1000  # H4's random latent sets matched in firing density
+    density_bins: int = 10  # firing-density quantile bins for the matched sets
+
+    def __post_init__(self) -> None:
+        _at_least("cooccurrence.window", self.window, 1)
+        if not (math.isfinite(self.activation_threshold) and self.activation_threshold >= 0):
+            _bad("cooccurrence.activation_threshold", self.activation_threshold, "use a number >= 0 (0 = the SAE's own)")
+        self.edge_threshold = str(self.edge_threshold)
+        if self.edge_threshold != "auto":
+            try:
+                value = float(self.edge_threshold)
+            except ValueError:
+                value = float("nan")
+            if not 0 < value <= 1:
+                _bad("cooccurrence.edge_threshold", self.edge_threshold, "use auto or a weight in (0, 1], e.g. "
+                     "cooccurrence.edge_threshold=0.2")
+        _at_least("cooccurrence.auto_min_size", self.auto_min_size, 2)
+        if self.auto_max_size < self.auto_min_size:
+            _bad("cooccurrence.auto_max_size", self.auto_max_size, f"use at least cooccurrence.auto_min_size="
+                 f"{self.auto_min_size}")
+        if not (math.isfinite(self.resolution) and self.resolution > 0):
+            _bad("cooccurrence.resolution", self.resolution, "use a positive number (1.0 is standard modularity)")
+        for key in ("batch_size", "n_labels", "density_bins"):
+            _at_least(f"cooccurrence.{key}", getattr(self, key), 1)
+        for key in ("n_permutations", "n_matched"):
+            _at_least(f"cooccurrence.{key}", getattr(self, key), 0)
+
+
+@dataclass
 class SteeringConfig:
     mode: SteeringMode = SteeringMode.negative
     scale: SteeringScale = SteeringScale.gen_max
@@ -345,12 +402,13 @@ class Config:
     clustering: ClusteringConfig = field(default_factory=ClusteringConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
         if not self.stages:
-            _bad("stages", [], "give at least one of task, attribution, network, steering")
+            _bad("stages", [], "give at least one of task, attribution, network, cooccurrence, steering")
 
 
 def _bad(key: str, value: Any, fix: str) -> None:

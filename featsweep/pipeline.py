@@ -1,10 +1,11 @@
-"""Runs the stages in order (task -> attribution -> network -> steering) and hands each result to tracking.
+"""Runs the stages in order (task -> attribution -> network -> cooccurrence -> steering) and hands each result to tracking.
 
 Each stage is a plain function of its inputs that returns ``(output, StageResult)``; the result holds
 everything the stage made (metrics, tables, figures, files). Attribution and the network go through the
 content-addressed cache whole, so the jobs of a sweep that share a stage's inputs compute it once. A
 cached stage left out of ``stages`` may still feed a later stage from the cache; otherwise that is a
-clear error. One code path runs every stage: cache, log, skip reason.
+clear error. One code path runs every stage: cache, log, skip reason. The co-occurrence stage runs even
+when an earlier stage skips the rest (it needs only the corpus; H4 then reports itself inconclusive).
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from featsweep.stages.network import network_stage
 from featsweep.reports.run_report import Report
 from featsweep.reports.dashboards import describe_network
 from featsweep.subjects.organism import ASSETS_DIR
+from featsweep.stages.cooccurrence import (CooccurrenceCounter, Counts, check_window, cooccurrence_counting,
+                                           sae_threshold)
+from featsweep.stages.dictionary import cooccurrence_stage
 from featsweep.results import StageResult
-from featsweep.stages.corpus import CorpusStats, corpus_stage
+from featsweep.stages.corpus import CorpusStats, corpus_stage, row_context
 from featsweep.stages.corpus_text import corpus_documents, corpus_fingerprint
 from featsweep.subjects.loading import load_subject
 from featsweep.stages.task import load_task, task_stage
@@ -37,12 +41,13 @@ from featsweep.tracking.run import JobRun
 
 log = logging.getLogger(__name__)
 
-ORDER = [Stage.task, Stage.attribution, Stage.network, Stage.steering]
+ORDER = [Stage.task, Stage.attribution, Stage.network, Stage.cooccurrence, Stage.steering]
 # The stage outputs each stage consumes (the prompts themselves come from load_task, not the task stage).
 INPUTS = {
     Stage.task: (),
     Stage.attribution: (),
     Stage.network: (Stage.attribution,),
+    Stage.cooccurrence: (Stage.network,),  # H4 reads the task's clusters
     Stage.steering: (Stage.task, Stage.attribution, Stage.network),
 }
 CACHED = {Stage.attribution, Stage.network}
@@ -88,7 +93,7 @@ class Runner:
         log_run_inputs(self.job, cfg, self.subject, self.task)
         metrics: dict[str, float] = {}
         for stage in stages_to_compute(self.stages):
-            if self.skip_reason:
+            if self.skip_reason and stage is not Stage.cooccurrence:
                 if stage in self.stages:
                     self.job.tag(f"featsweep.stage.{stage.value}", f"skipped: {self.skip_reason}")
                 continue
@@ -125,6 +130,9 @@ class Runner:
                                 clustering=self.resolved["clustering"], seed=cfg.seed, corpus=self.resolved["corpus"])
             return net_key, lambda: network_stage(out[Stage.attribution].matrix, cfg.clustering, cfg.seed,
                                                   self.generic_max(), subject.neuronpedia_id)
+        if stage is Stage.cooccurrence:
+            return None, lambda: cooccurrence_stage(self.cooc_counts(), cfg.cooccurrence, cfg.seed,
+                                                    out.get(Stage.network), subject)
         return None, lambda: steering_stage(subject, task, out[Stage.attribution].attrs, out[Stage.network],
                                             out[Stage.task], self.generic_max(), cfg.steering, cfg.seed)
 
@@ -138,13 +146,23 @@ class Runner:
         if self._corpus is None:
             cfg = self.cfg
             assets = Path(cfg.model.assets_dir) if cfg.model.assets_dir else ASSETS_DIR
+            # with the cooccurrence stage, the same pass counts co-occurrence too (its settings join the key)
+            counting = cooccurrence_counting(cfg.cooccurrence) if Stage.cooccurrence in self.stages else None
             key = cache_key("corpus", code=corpus_stage, subject=self.subject.identity, corpus=self.resolved["corpus"],
                             fingerprint=corpus_fingerprint(cfg.corpus, cfg.model, assets),
-                            device=str(self.subject.model.cfg.device))
+                            device=str(self.subject.model.cfg.device), counting=counting)
+
+            def compute():
+                counter = None
+                if counting is not None:
+                    check_window(cfg.cooccurrence, row_context(cfg.corpus, int(self.subject.model.cfg.n_ctx)))
+                    counter = CooccurrenceCounter.from_config(cfg.cooccurrence, self.subject.d_sae,
+                                                              sae_threshold(self.subject.sae))
+                return corpus_stage(self.subject, corpus_documents(cfg.corpus, cfg.model, assets), cfg.corpus,
+                                    counter=counter)
+
             start = time.perf_counter()
-            self._corpus, result = self.cache.get_or_compute(
-                "corpus", key, lambda: corpus_stage(self.subject, corpus_documents(cfg.corpus, cfg.model, assets),
-                                                    cfg.corpus))
+            self._corpus, result = self.cache.get_or_compute("corpus", key, compute)
             self.job.tag("featsweep.cache.corpus", self.cache.status.get("corpus", "off"))
             self.job.tag("featsweep.seconds.corpus", f"{time.perf_counter() - start:.1f}")
             self.report.collect(result)
@@ -156,6 +174,10 @@ class Runner:
         result, self.report.cards = describe_network(network, self.corpus(), self.task.frame["answer"],
                                                      self.subject.model.tokenizer)
         self.job.log_result(result)
+
+    def cooc_counts(self) -> Counts:
+        """Corpus co-occurrence counts, counted in the corpus stage's one pass (cached with it)."""
+        return self.corpus().cooccurrence
 
     def run_stage(self, stage: Stage, key: Optional[str], compute: Callable[[], tuple[Any, StageResult]]
                   ) -> tuple[Any, StageResult]:

@@ -305,7 +305,8 @@ def plot_linear_vs_exact(linear, exact, r: float, title: str = "", factor: float
 # ---- sweep (compare) figures ------------------------------------------------------------
 
 
-GROUP_OF = {"h1.": "H1", "network.": "H1", "h2.": "H2", "h3.": "H3", "task.": "task", "steering.": "steering"}
+GROUP_OF = {"h1.": "H1", "network.": "H1", "h2.": "H2", "h3.": "H3", "h4.": "H4", "cooc.": "H4", "task.": "task",
+            "steering.": "steering"}
 
 
 def _hypothesis(metric: str) -> str:
@@ -378,4 +379,52 @@ def plot_hypotheses(table: pd.DataFrame, dims: list[str], metrics: list[str], co
         lines = [", ".join(items[i : i + 5]) for i in range(0, len(items), 5)]
         fig.text(0.01, 0.0, "Same in every run (not drawn): " + "\n".join(lines), fontsize=7, va="top", wrap=True)
     fig.tight_layout(rect=(0, 0.0, 1, 0.97))
+    return fig
+
+
+# ---- dictionary co-occurrence figures ---------------------------------------------------------
+
+
+def plot_degree_distribution(degrees: np.ndarray, title: str = "dictionary graph degrees"):
+    """How many latents have each degree (log-log; degree 0 counted in the title)."""
+    degrees = np.asarray(degrees, dtype=np.int64)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    positive = degrees[degrees > 0]
+    if len(positive):
+        values, counts = np.unique(positive, return_counts=True)
+        ax.loglog(values, counts, "o", ms=3)
+    ax.set_xlabel("degree")
+    ax.set_ylabel("latents")
+    ax.set_title(f"{title}\n{len(positive)} latents with an edge, {int(np.sum(degrees == 0))} without", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_dictionary_communities(graph, communities: list[int], seed: int = 0, max_nodes: int = 20):
+    """A few dictionary communities, one panel each: the ``max_nodes`` best-connected latents of the
+    community, labelled ``id: logit-lens tokens``, edge width by weight."""
+    import networkx as nx
+
+    n = max(1, len(communities))
+    cols = min(2, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, cid in zip(axes.flat, communities):
+        members = [v for v, d in graph.nodes(data=True) if d.get("community") == cid]
+        sub = graph.subgraph(members)
+        top = sorted(members, key=lambda v: (-sub.degree(v), v))[:max_nodes]
+        sub = graph.subgraph(top)
+        pos = nx.spring_layout(sub, seed=seed, weight="weight")
+        widths = [0.5 + 3 * d["weight"] for _, _, d in sub.edges(data=True)]
+        nx.draw_networkx_edges(sub, pos, ax=ax, width=widths, alpha=0.3)
+        nx.draw_networkx_nodes(sub, pos, ax=ax, node_size=30, node_color=[plt.get_cmap("tab10")(cid % 10)])
+        nx.draw_networkx_labels(sub, pos, ax=ax, font_size=6,
+                                labels={v: f"{v}: {graph.nodes[v].get('label', '')}" for v in sub.nodes})
+        shown = f", {len(top)} best-connected shown" if len(members) > len(top) else ""
+        ax.set_title(f"community {cid}: {len(members)} latents{shown}", fontsize=9)
+    if not communities:
+        axes.flat[0].set_title("no dictionary community")
+    fig.tight_layout()
     return fig

@@ -25,6 +25,13 @@ Each rule reads only the run's logged metrics, so a reviewer can re-derive the v
   (``h3.<c>.p_partial < ALPHA``); inconclusive when a slope is significant but not beyond |attribution|
   (or only with the opposite sign), or no regression could run; otherwise not supported. Per run, i.e. at
   the run's ``steering.factor``.
+* **H4, the task's clusters are co-occurrence families** (``h4.verdict``; ``featsweep.hypotheses.h4``).
+  Inconclusive when fewer than 2 clusters are kept, a null did not run (``cooccurrence.n_permutations`` or
+  ``n_matched`` = 0), or its draws are too few for any p-value to fall below ``ALPHA``
+  (``1 / (1 + n) >= ALPHA``). Supported when the within-minus-between co-occurrence (``h4.statistic``) is
+  positive and beats both nulls: the cluster labels permuted among the kept features (``h4.perm_p < ALPHA``)
+  and random latents matched in firing density (``h4.matched_p < ALPHA``). Not supported when neither does;
+  inconclusive when exactly one does (the gap is beyond one null but not the other). ``h4.ami`` is descriptive.
 """
 
 from __future__ import annotations
@@ -102,3 +109,25 @@ def h3_verdict(metrics: dict) -> tuple[str, str]:
                               "|attribution| (p_partial)")
     best = min(ran, key=lambda c: metrics[f"h3.{c}.p_adj"])
     return NOT_SUPPORTED, f"no centrality significant (smallest p_adj: {best} {metrics[f'h3.{best}.p_adj']:.3g})"
+
+
+def h4_verdict(metrics: dict, n_kept: int) -> tuple[str, str]:
+    if n_kept < 2:
+        return INCONCLUSIVE, f"{n_kept} kept cluster(s): at least 2 are needed"
+    nulls = {"label permutation": ("h4.perm", "cooccurrence.n_permutations"),
+             "density-matched latents": ("h4.matched", "cooccurrence.n_matched")}
+    missing = [knob for key, knob in nulls.values() if not _finite(metrics.get(f"{key}_p"))]
+    if missing or not _finite(metrics.get("h4.statistic")):
+        return INCONCLUSIVE, "not run: " + (", ".join(missing) if missing else "no within-cluster pair")
+    few = [knob for key, knob in nulls.values() if 1 / (1 + metrics.get(f"{key}_n", 0)) >= ALPHA]
+    if few:
+        return INCONCLUSIVE, f"too few null draws for any p < {ALPHA}: raise " + " and ".join(few)
+    stat = metrics["h4.statistic"]
+    ps = {name: metrics[f"{key}_p"] for name, (key, _) in nulls.items()}
+    text = f"statistic={stat:.3g}; " + "; ".join(f"{name} p={p:.3g}" for name, p in ps.items())
+    beats = [stat > 0 and p < ALPHA for p in ps.values()]
+    if all(beats):
+        return SUPPORTED, text
+    if not any(beats):
+        return NOT_SUPPORTED, text
+    return INCONCLUSIVE, text

@@ -47,9 +47,10 @@ HEADLINE = [
     "h2.within.mean_prob", "h2.between.mean_prob", "h2.random.mean_prob", "h2.diff", "h2.p",
     "h2.within_vs_random.diff", "h2.within_vs_random.p",
     "h3.degree.p_adj", "h3.betweenness.p_adj", "h3.closeness.p_adj", "h3.eigenvector.p_adj",
+    "h4.statistic", "h4.perm_p", "h4.matched_p", "h4.ami",
 ]
-VERDICTS = ["h1.verdict", "h2.verdict", "h3.verdict"]
-HYPOTHESIS_PREFIXES = ("metrics.h1.", "metrics.h2.", "metrics.h3.")
+VERDICTS = ["h1.verdict", "h2.verdict", "h3.verdict", "h4.verdict"]
+HYPOTHESIS_PREFIXES = ("metrics.h1.", "metrics.h2.", "metrics.h3.", "metrics.h4.")
 # Parameters that never define a sweep dimension (paths and bookkeeping).
 IGNORED_PARAMS = ("params.tracking.", "params.cache.")
 SHORT_COLUMNS = 8  # headline columns printed by the CLI

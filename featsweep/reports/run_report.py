@@ -1,4 +1,4 @@
-"""The per-run ``report.html``: the three hypotheses, their statistics, verdicts and key plots on one page.
+"""The per-run ``report.html``: the four hypotheses, their statistics, verdicts and key plots on one page.
 
 The page is self-contained (plots embedded as base64 PNG, no scripts, no external files), so MLflow's artifact
 view renders it as it is. The pipeline hands every stage's result to :meth:`Report.collect` before logging it
@@ -22,14 +22,19 @@ KEY_PLOTS = {
            "plots/violins_centrality.png"],
     "h2": ["plots/steering_within_vs_between.png"],
     "h3": ["plots/steering_performance_vs_centrality.png"],
+    "h4": ["plots/cooc_communities.png", "plots/cooc_degree.png"],
 }
 TITLES = {"h1": "H1: clustering reveals distinct groups of features",
           "h2": "H2: steering a set from one cluster hurts more than a set across clusters or a random set",
-          "h3": "H3: centrality predicts a feature's importance"}
+          "h3": "H3: centrality predicts a feature's importance",
+          "h4": "H4: the task's clusters are co-occurrence families of ordinary text"}
+HYPOTHESES = ("h1", "h2", "h3", "h4")
+STAGE_OF = {"h1": "network", "h2": "steering", "h3": "steering", "h4": "cooccurrence"}
 CONFIG_KEYS = ["model.name", "sae.release", "sae.hook_name", "task.filter", "attribution.selection",
                "attribution.aggregation", "clustering.threshold", "clustering.edges", "clustering.algorithm",
                "clustering.min_cluster_size", "clustering.recluster_kept", "steering.mode", "steering.scale",
-               "steering.factor", "steering.factor_base", "seed"]
+               "steering.factor", "steering.factor_base", "cooccurrence.unit", "cooccurrence.measure",
+               "cooccurrence.edge_threshold", "seed"]
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:1em auto;color:#222}table{border-collapse:collapse;"
          "margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;font-size:13px;text-align:right}"
          "th{background:#f3f3f3}td:first-child{text-align:left}.supported{color:#17702c;font-weight:bold}"
@@ -63,11 +68,10 @@ class Report:
     def result(self, resolved: dict) -> StageResult:
         """The page as an artifact, plus the verdict tags of hypotheses whose stage did not run."""
         tags = {}
-        for name in ("h1", "h2", "h3"):
+        for name in HYPOTHESES:
             if f"{name}.verdict" not in self.tags:
-                stage = "network" if name == "h1" else "steering"
                 tags[f"{name}.verdict"] = verdicts.INCONCLUSIVE
-                tags[f"{name}.verdict_reason"] = f"the {stage} stage did not run or was skipped"
+                tags[f"{name}.verdict_reason"] = f"the {STAGE_OF[name]} stage did not run or was skipped"
         self.tags.update(tags)
         return StageResult(tags=tags, files={REPORT: self.html(resolved).encode("utf-8")})
 
@@ -77,8 +81,8 @@ class Report:
                  _table(["setting", "value"], [[k, _flat(resolved, k)] for k in CONFIG_KEYS if _flat(resolved, k) != ""]),
                  _table(["hypothesis", "verdict", "why"],
                         [[TITLES[h], _verdict(self.tags.get(f"{h}.verdict", "")), self.tags.get(f"{h}.verdict_reason", "")]
-                         for h in ("h1", "h2", "h3")], raw_cols={1})]
-        for name in ("h1", "h2", "h3"):
+                         for h in HYPOTHESES], raw_cols={1})]
+        for name in HYPOTHESES:
             parts.append(f"<h2>{html.escape(TITLES[name])}: {_verdict(self.tags.get(f'{name}.verdict', ''))}</h2>")
             parts.append(getattr(self, f"_{name}")())
             parts += [f"<img alt='{html.escape(p)}' src='data:image/png;base64,{self.images[p]}'>"
@@ -151,6 +155,23 @@ class Report:
             f"<p>performance: {html.escape(self.tags.get('steering.h3_performance', ''))} at this run's "
             "steering.factor; p_adj: Bonferroni over the centralities; p_partial: with mean |attribution| as a "
             "covariate</p>" if rows else "")
+
+
+    def _h4(self) -> str:
+        m = self.metrics
+        dictionary = [[k, _fmt(m.get(k))] for k in (
+            "cooc.n_units", "cooc.n_active_latents", "cooc.mean_active_per_unit", "cooc.n_pairs", "cooc.edge_threshold",
+            "cooc.n_edges", "cooc.largest_component", "cooc.n_communities", "cooc.modularity") if k in m]
+        tests = [[k, _fmt(m.get(k))] for k in (
+            "h4.n_features", "h4.within_mean", "h4.between_mean", "h4.statistic", "h4.perm_null_mean", "h4.perm_p",
+            "h4.matched_null_mean", "h4.matched_p", "h4.ami") if k in m]
+        error = self.tags.get("cooc.error")
+        return (_table(["dictionary graph", "value"], dictionary) + _table(["H4", "value"], tests)
+                + (f"<p>{html.escape(error)}</p>" if error else "")
+                + ("<p>statistic: mean corpus co-occurrence of kept features in the same task cluster minus in "
+                   "different clusters; perm_p: cluster labels permuted; matched_p: random latents of matched "
+                   "firing density; ami: task clusters vs dictionary communities (descriptive).</p>"
+                   if tests else ""))
 
 
 def _flat(tree: dict, dotted: str):

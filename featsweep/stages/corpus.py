@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -69,6 +69,7 @@ class CorpusStats:
     lens_bottom_values: np.ndarray
     seconds: float = float("nan")  # the streaming pass (logit lens not included)
     extra: dict = field(default_factory=dict)
+    cooccurrence: Any = None  # the co-occurrence Counts counted in the same pass (stage cooccurrence), else None
 
     @property
     def density(self) -> np.ndarray:
@@ -193,8 +194,10 @@ def row_context(cfg: CorpusConfig, n_ctx: int) -> int:
 
 
 @torch.inference_mode()
-def corpus_pass(subject, documents, cfg: CorpusConfig, progress: bool = True) -> CorpusStats:
-    """Stream the corpus through the model and SAE once; return the per-latent statistics."""
+def corpus_pass(subject, documents, cfg: CorpusConfig, progress: bool = True, counter=None) -> CorpusStats:
+    """Stream the corpus through the model and SAE once; return the per-latent statistics. ``counter``: a
+    ``CooccurrenceCounter`` fed every batch of the same pass (BOS positions masked), so co-occurrence over the
+    dictionary costs no second pass."""
     tokenizer = subject.model.tokenizer
     bos, context = separator_id(tokenizer), row_context(cfg, int(subject.model.cfg.n_ctx))
     acc = _Accumulator(subject.d_sae, cfg.top_k, subject.device)
@@ -208,6 +211,8 @@ def corpus_pass(subject, documents, cfg: CorpusConfig, progress: bool = True) ->
         acts = hook_activations(subject, tokens)
         acts.masked_fill_((tokens == bos)[..., None], 0.0)
         acc.add(tokens, acts)
+        if counter is not None:
+            counter.update(acts, tokens != bos)
         n_rows += len(batch)
         n_tokens += int((tokens != bos).sum())
     if subject.device.type == "cuda":
@@ -223,7 +228,8 @@ def corpus_pass(subject, documents, cfg: CorpusConfig, progress: bool = True) ->
         fire_count=acc.hist.view(subject.d_sae, -1).sum(dim=1).cpu().numpy(), max=acc.max.cpu().numpy(),
         hist=acc.hist.view(subject.d_sae, -1).cpu().numpy(), top_values=acc.top_values.cpu().numpy(),
         top_windows=acc.top_windows.cpu().numpy(), lens_top=lens[0], lens_top_values=lens[1],
-        lens_bottom=lens[2], lens_bottom_values=lens[3], seconds=seconds)
+        lens_bottom=lens[2], lens_bottom_values=lens[3], seconds=seconds,
+        cooccurrence=counter.result() if counter is not None else None)
 
 
 def latent_table(stats: CorpusStats) -> pd.DataFrame:
@@ -235,9 +241,11 @@ def latent_table(stats: CorpusStats) -> pd.DataFrame:
     return table
 
 
-def corpus_stage(subject, documents, cfg: CorpusConfig, progress: bool = True) -> tuple[CorpusStats, StageResult]:
-    """Run the corpus pass and describe it: metrics ``corpus.*``, tags (digest, throughput), the latents table."""
-    stats = corpus_pass(subject, documents, cfg, progress)
+def corpus_stage(subject, documents, cfg: CorpusConfig, progress: bool = True, counter=None
+                 ) -> tuple[CorpusStats, StageResult]:
+    """Run the corpus pass and describe it: metrics ``corpus.*``, tags (digest, throughput), the latents table.
+    ``counter``: see :func:`corpus_pass`."""
+    stats = corpus_pass(subject, documents, cfg, progress, counter)
     n_tokens = stats.n_rows * stats.context
     tokens_per_second = n_tokens / stats.seconds if stats.seconds > 0 else float("nan")
     metrics = {

@@ -63,7 +63,9 @@ def test_report_is_one_self_contained_page():
     result = report.result({"steering": {"factor": 10.0}, "seed": 0})
     page = result.files["report.html"].decode()
     assert result.tags == {"h2.verdict": "inconclusive", "h2.verdict_reason": result.tags["h2.verdict_reason"],
-                           "h3.verdict": "inconclusive", "h3.verdict_reason": result.tags["h3.verdict_reason"]}
+                           "h3.verdict": "inconclusive", "h3.verdict_reason": result.tags["h3.verdict_reason"],
+                           "h4.verdict": "inconclusive", "h4.verdict_reason": result.tags["h4.verdict_reason"]}
+    assert "cooccurrence stage did not run" in result.tags["h4.verdict_reason"]
     assert "class='supported'" in page and "NOMINAL" in page and "The verdict rules" in page
     payload = page.split("data:image/png;base64,")[1].split("'")[0]
     assert base64.b64decode(payload).startswith(b"\x89PNG")
