@@ -107,7 +107,8 @@ def test_a_joblib_sweep_and_concurrent_runs_survive_a_kill_9_with_nothing_lost(p
              f"task.limit={','.join(limits)}"]
     # a fresh database: 5 processes create the schema and the experiment at once, then write side by side
     first = start(tmp_path, *sweep, env=env, name="sweep")
-    singles = [start(tmp_path, "tracking=postgres", *TINY, f"seed={n}", env=env, name=f"single{n}") for n in range(4)]
+    # (seeds 1-4: a seed-0 run would be the sweep's task.limit=5 job, and be adopted by the sweep)
+    singles = [start(tmp_path, "tracking=postgres", *TINY, f"seed={n + 1}", env=env, name=f"single{n}") for n in range(4)]
     client = MlflowClient(uri)
 
     def running_job():
@@ -118,13 +119,19 @@ def test_a_joblib_sweep_and_concurrent_runs_survive_a_kill_9_with_nothing_lost(p
             return None
         return next((r for r in runs if "mlflow.parentRunId" in r.data.tags and "featsweep.pid" in r.data.tags), None)
 
-    deadline = time.time() + 600
-    while (job := running_job()) is None and first.poll() is None and time.time() < deadline:
+    deadline, held = time.time() + 600, None
+    while held is None and first.poll() is None and time.time() < deadline:
+        job = running_job()
+        if job is not None:
+            pid = int(job.data.tags["featsweep.pid"])
+            os.kill(pid, signal.SIGSTOP)  # hold it, so that it is killed while its run is open
+            if client.get_run(job.info.run_id).info.status == "RUNNING":
+                held = job
+            else:  # it finished in between: let it go on, try the next one
+                os.kill(pid, signal.SIGCONT)
         time.sleep(0.2)
-    assert job is not None, output(tmp_path, "sweep")[-3000:]
-    pid = int(job.data.tags["featsweep.pid"])
-    os.kill(pid, signal.SIGSTOP)  # hold it, so it is killed while its run is open
-    assert client.get_run(job.info.run_id).info.status == "RUNNING"
+    assert held is not None, output(tmp_path, "sweep")[-3000:]
+    job = held
     os.kill(pid, signal.SIGKILL)
     first.wait(timeout=600)
     assert [p.wait(timeout=600) for p in singles] == [0, 0, 0, 0], [output(tmp_path, f"single{n}")[-1500:] for n in range(4)]
@@ -142,16 +149,16 @@ def test_a_joblib_sweep_and_concurrent_runs_survive_a_kill_9_with_nothing_lost(p
     assert sorted(children["params.task.limit"]) == limits  # every job FINISHED, once
     singles_done = runs[runs["tags.mlflow.parentRunId"].isna() & (runs["tags.featsweep.role"] != "sweep")
                         & (runs["status"] == "FINISHED")]
-    assert sorted(singles_done["params.seed"]) == ["0", "1", "2", "3"]
-    finished = runs[runs["status"] == "FINISHED"]
-    assert finished[[f"metrics.{m}" for m in TASK_METRICS]].notna().all().all()  # no metric lost
+    assert sorted(singles_done["params.seed"]) == ["1", "2", "3", "4"]
+    finished = runs[(runs["status"] == "FINISHED") & (runs["tags.featsweep.role"] != "sweep")]
+    assert len(finished) == 8 and finished[[f"metrics.{m}" for m in TASK_METRICS]].notna().all().all()  # no metric lost
     summary = (Path(parents["tags.featsweep.sweep_dir"].item()) / "compare" / "summary.csv").read_text()
     assert len(summary.strip().splitlines()) == 1 + len(limits)
 
     # the password is in nothing logged: params, tags, descriptions, experiment tags, artifacts, printed output
     logged = [str(v) for _, row in runs.iterrows() for k, v in row.items() if k.startswith(("params.", "tags."))]
     assert logged and not [v for v in logged if postgres.PASSWORD in v]
-    assert (runs["params.tracking.uri"] == mask(uri)).all() and postgres.PASSWORD not in str(experiment.tags)
+    assert (finished["params.tracking.uri"] == mask(uri)).all() and postgres.PASSWORD not in str(experiment.tags)
     artifact_files = [p for p in (tmp_path / "mlruns").rglob("*") if p.is_file()]
     assert any(p.name == "config.yaml" for p in artifact_files)
     assert not [p for p in artifact_files if postgres.PASSWORD.encode() in p.read_bytes()]
