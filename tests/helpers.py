@@ -172,3 +172,68 @@ def assert_engine_matches_reference(subject, task, cfg, scales, conditions, mean
     untouched = SteeringConfig(mode="negative", positions=cfg.positions)
     base = reference_run(subject, task, untouched, scales, [Condition(conditions[0].features, 0.0)])["logit_diff"]
     assert np.abs(ref["logit_diff"] - base).max() > 1e-3
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of PostgreSQL's initdb and pg_ctl (on PATH, or Debian's /usr/lib/postgresql/<version>/bin)."""
+    import glob
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+class PostgresCluster:
+    """A real PostgreSQL server in a fresh folder, on a free port, with a password-protected user ``featsweep``.
+    PostgreSQL refuses to run as root, so as root it runs as Debian's unprivileged ``postgres`` user."""
+
+    PASSWORD = "pw-Zq7x-not-logged"
+
+    def __init__(self, bin_dir: Path):
+        import pwd
+        import socket
+        import tempfile
+
+        self.bin = bin_dir
+        self.dir = Path(tempfile.mkdtemp(prefix="featsweep-pg-"))  # not under pytest's root-only tmp folder
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.dir, owner.pw_uid, owner.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        password_file = self.dir / "password"
+        password_file.write_text(self.PASSWORD)
+        if self.as_user:
+            os.chown(password_file, owner.pw_uid, owner.pw_gid)
+        self._run("initdb", "-D", str(self.dir / "data"), "-U", "featsweep", "--auth=scram-sha-256",
+                  f"--pwfile={password_file}", "-E", "UTF8", "--no-instructions")
+        self._run("pg_ctl", "start", "-w", "-D", str(self.dir / "data"), "-l", str(self.dir / "server.log"), "-o",
+                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200")
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run([*self.as_user, str(self.bin / program), *args], check=True, capture_output=True, text=True,
+                       timeout=120)
+
+    def uri(self, database: str = "mlflow") -> str:
+        return f"postgresql://featsweep:{self.PASSWORD}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.uri("postgres"), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.uri(name)
+
+    def stop(self) -> None:
+        import shutil
+
+        try:
+            self._run("pg_ctl", "stop", "-m", "immediate", "-D", str(self.dir / "data"))
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
