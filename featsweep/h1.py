@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from featsweep import plots
 from featsweep.config import ClusteringConfig
 from featsweep import graph_engine
+from featsweep.hypotheses import discreteness
 from featsweep.graph import (centralities, correlate, detect_communities, edge_list, partition_modularity,
                              top_pairs_graph)
 from featsweep.graph import cluster_matrix as reference_cluster_matrix
@@ -295,6 +296,8 @@ def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_ma
             matched = pd.concat([pd.DataFrame({"draw": null["draw"], "metric": m, "anova_F": null[f"F:{m}"],
                                                "kruskal_H": null[f"H:{m}"]}) for m in metrics], ignore_index=True)
             tests = null_pvalues(tests, matched, prefix="matched_")
+        if cfg.n_continuum > 0:  # cuts of a continuum are not distinct groups (featsweep.hypotheses.discreteness)
+            tests = _continuum_statistics(network, cfg, seed, progress, result, metrics, tests, n_jobs)
         for row in tests.to_dict("records"):
             for key, value in row.items():
                 if key not in ("metric", "n_groups"):
@@ -306,6 +309,22 @@ def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_ma
     verdict, reason = h1_verdict(result.metrics, len(kept))
     result.tags.update({"h1.verdict": verdict, "h1.verdict_reason": reason})
     return result
+
+
+def _continuum_statistics(network: Network, cfg: ClusteringConfig, seed: int, progress: bool, result: StageResult,
+                          metrics: list[str], tests: pd.DataFrame, n_jobs: int) -> pd.DataFrame:
+    """The continuum null: ``h1.silhouette`` against each fitted continuum's draws, and the cluster tests'
+    ``continuum_null_p`` columns."""
+    null, fits = discreteness.continuum_null(network.matrix, cfg, seed, network.features, metrics, progress, n_jobs)
+    observed = discreteness.observed_silhouette(network.corr, network.partition, network.kept_clusters)
+    result.metrics.update(discreteness.discreteness_metrics(observed, null, fits))
+    closest = max(fits, key=lambda f: np.nan_to_num(result.metrics[f"h1.continuum_{f.shape}.p"], nan=-1.0))
+    result.tags["h1.continuum_shape"] = closest.shape
+    result.tables["tables/h1_continuum_null.parquet"] = null
+    result.figures["plots/null_continuum_silhouette.png"] = plots.plot_null_distribution(
+        null.loc[null["shape"] == closest.shape, "silhouette"].to_numpy(), observed, "mean silhouette",
+        title=f"silhouette: the closest fitted continuum ({closest.shape}) vs observed")
+    return discreteness.metric_pvalues(tests, null, metrics)
 
 
 def tested_features(network: Network, cfg: ClusteringConfig, seed: int, engine: str,
