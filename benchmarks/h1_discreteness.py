@@ -101,6 +101,7 @@ def run(scenario: str, repeats: int, cfg: ClusteringConfig) -> list[dict]:
                      "shape": result.tags.get("h1.continuum_shape", ""),
                      "matched_modularity_p": m.get("h1.matched_modularity_p", np.nan),
                      "bootstrap_ari": m.get("h1.bootstrap_ari_mean", np.nan)})
+        print(json.dumps(rows[-1], default=str), flush=True)  # each repeat as it ends
     return rows
 
 
