@@ -21,7 +21,7 @@ draws per shape). Each candidate continuum is fitted to the observed correlation
 2. *Correlation.* ``R_ij ~ s_i s_j exp(-d_ij^2 / 2 w^2)`` for ``i != j``: a Gaussian kernel of the distance
    along the shape (the chord for the circle, so the kernel stays positive definite) times per-feature
    amplitudes ``s_i`` in [0, 0.98] (a feature's share of the shared signal: the marginal structure), fitted by
-   least squares over a grid of widths ``w`` with alternating updates of ``s``.
+   least squares over a grid of widths ``w`` with damped fixed-point updates of ``s``.
 3. *Draws.* Fresh positions drawn i.i.d. uniformly on the shape are dealt to the features in the order of
    their fitted positions (each coordinate by rank), so every feature keeps its place along the continuum, and
    ``n_prompts`` rows are drawn from ``N(0, C)``, ``C = S K S + diag(1 - s^2)``. Each draw is clustered by the
