@@ -29,13 +29,13 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from featsweep.config import ClusteringConfig  # noqa: E402
-from featsweep.h1 import h1_statistics  # noqa: E402
-from featsweep.network import build_network  # noqa: E402
+from featsweep.config import ClusteringConfig
+from featsweep.h1 import h1_statistics
+from featsweep.network import build_network
 
 N_FEATURES, N_PROMPTS = 100, 360
 

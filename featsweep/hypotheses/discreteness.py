@@ -63,7 +63,6 @@ from scipy import linalg as sla
 
 from featsweep import graph_engine
 from featsweep.config import ClusteringConfig
-from featsweep.stats import anova_kruskal_columns
 
 SHAPES = ("segment", "circle", "sheet")
 MAX_AMPLITUDE = 0.98  # keeps every draw's covariance positive definite (noise share >= 1 - 0.98^2)

@@ -91,7 +91,7 @@ def test_draws_keep_each_feature_in_its_place_along_the_continuum():
     order = np.argsort(circle.coords[:, 0])
     near = np.mean([drawn[order[k], order[k + 1]] for k in range(39)])
     far = np.mean([drawn[order[k], order[(k + 20) % 40]] for k in range(40)])
-    assert near > 0.3 > 0.05 > abs(far)
+    assert near > 0.3 and abs(far) < 0.05
     np.testing.assert_allclose(np.diag(np.cov(x, rowvar=False)), 1.0, atol=0.05)
     again = d.draw_continuum(circle, 50, np.random.default_rng(0))
     np.testing.assert_array_equal(again, d.draw_continuum(circle, 50, np.random.default_rng(0)))  # seeded
