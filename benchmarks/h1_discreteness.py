@@ -96,6 +96,7 @@ def run(scenario: str, repeats: int, cfg: ClusteringConfig) -> list[dict]:
         plt.close("all")
         m = result.metrics
         rows.append({"scenario": scenario, "truth": truth, "repeat": rep, "verdict": result.tags["h1.verdict"],
+                     "reason": result.tags["h1.verdict_reason"],
                      "n_edges": network.graph.number_of_edges(), "n_kept": len(network.kept_clusters),
                      "continuum_p": m.get("h1.continuum_p", np.nan), "silhouette": m.get("h1.silhouette", np.nan),
                      "shape": result.tags.get("h1.continuum_shape", ""),
