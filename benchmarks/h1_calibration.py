@@ -24,7 +24,7 @@ CENTRALITY = ["degree", "betweenness", "closeness", "eigenvector"]
 
 def calibration(repeats: int, n_rewire: int, n_prompts: int = 60, n_features: int = 30, threshold: float = 0.2,
                 min_cluster_size: int = 3, centrality_sources: int = 256) -> pd.DataFrame:
-    cfg = ClusteringConfig(threshold=threshold, min_cluster_size=min_cluster_size, n_null=n_rewire, n_bootstrap=0,
+    cfg = ClusteringConfig(threshold=threshold, min_cluster_size=min_cluster_size, n_null=n_rewire, n_bootstrap=0, n_continuum=0,
                            n_rewire=n_rewire, centrality_sources=centrality_sources)
     rows = []
     for rep in range(repeats):

@@ -98,7 +98,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.ERROR)
 
     cfg = ClusteringConfig(threshold=args.threshold, n_null=args.nulls, n_bootstrap=args.bootstraps,
-                           n_rewire=0, max_features=None)
+                           n_rewire=0, max_features=None, n_continuum=0)
     print(f"planted structure, {args.prompts} prompts, threshold {cfg.threshold}, {cfg.n_null} nulls, "
           f"{cfg.n_bootstrap} bootstraps (then {args.rewires} rewirings added), {cfg.algorithm.value}, edges={cfg.edges.value}, weighted={cfg.weighted}",
           flush=True)

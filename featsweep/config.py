@@ -237,9 +237,13 @@ class ClusteringConfig:
     # more nodes than this, estimated from this many seeded random source nodes (O(sources * edges) instead of
     # O(nodes * edges)); exact below, and everywhere with null. The features table keeps the exact values.
     centrality_sources: Optional[int] = 256
+    # H1's test of discreteness: draws of each fitted continuum (segment, circle, sheet), reclustered
+    # (featsweep/hypotheses/discreteness.py); 0 = off (H1 is then inconclusive)
+    n_continuum: int = 200
 
     def __post_init__(self) -> None:
         _at_least("clustering.n_rewire", self.n_rewire, 0)
+        _at_least("clustering.n_continuum", self.n_continuum, 0)
         if self.centrality_sources is not None:
             _at_least("clustering.centrality_sources", self.centrality_sources, 2)
         if self.n_jobs is not None:

@@ -12,7 +12,7 @@ from featsweep.reports.compare import HEADLINE, VERDICTS
 from helpers import REPO, run_featsweep
 
 GLOSSARY = REPO / "docs" / "metrics.md"
-QUICK_STATS = ["clustering.n_null=5", "clustering.n_bootstrap=3", "steering.samples_per_size=4", "task.limit=40"]
+QUICK_STATS = ["clustering.n_null=5", "clustering.n_bootstrap=3", "clustering.n_continuum=3", "steering.samples_per_size=4", "task.limit=40"]
 
 
 def glossary_patterns() -> list[str]:

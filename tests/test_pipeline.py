@@ -14,7 +14,7 @@ from helpers import compose_with
 
 def compose_in(tmp_path, *overrides):
     return compose_with([f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_root={tmp_path}/mlruns",
-                         f"cache.dir={tmp_path}/cache", "task.limit=40", "clustering.n_null=5", "clustering.n_bootstrap=3", "clustering.n_rewire=5",
+                         f"cache.dir={tmp_path}/cache", "task.limit=40", "clustering.n_null=5", "clustering.n_bootstrap=3", "clustering.n_rewire=5", "clustering.n_continuum=3",
                          *overrides])
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import igraph as ig
 import networkx as nx
 import numpy as np
 import pandas as pd
@@ -52,12 +51,14 @@ from featsweep import plots
 from featsweep.config import ClusteringConfig
 from featsweep.engines import centrality
 from featsweep.engines import graph as graph_engine
+from featsweep.hypotheses import discreteness
 from featsweep.engines.graph_reference import (centralities, correlate, detect_communities, edge_list, partition_modularity,
                              top_pairs_graph)
 from featsweep.engines.graph_reference import cluster_matrix as reference_cluster_matrix
 from featsweep.results import Network, StageResult
 from featsweep.hypotheses.stats import H1_METRICS, anova_kruskal_columns, cluster_tests, null_summary
-from featsweep.hypotheses.rewired_null import draw_jobs, kept_partition, null_pvalues, rewired_null, run_draws
+from featsweep.hypotheses.rewired_null import (draw_jobs, graph_cluster_tests, kept_partition, null_pvalues,
+                                                rewired_null, run_draws)
 from featsweep.hypotheses.verdicts import h1_verdict
 
 
@@ -161,7 +162,7 @@ def _permutation_draw(shuffled: np.ndarray, draw: int, features: list[int], cfg:
         if tested:  # the cluster tests need the graph's centralities
             # the draw's correlation gives abs_corr when no column was constant (shuffling keeps values)
             full_corr = corr if keep.all() else correlate(shuffled, cfg.method)
-            row.update(_engine_matched_tests(g, membership, feats, full_corr, features, table, metrics, cfg, seed))
+            row.update(graph_cluster_tests(g, membership, feats, full_corr, features, table, metrics, cfg, seed))
     return row
 
 
@@ -182,32 +183,6 @@ def _matched_tests(graph: nx.Graph, first: dict[int, int], shuffled: np.ndarray,
     clusters = np.array([partition.get(f, -1) for f in table["feature"]])
     in_kept = np.isin(clusters, kept)
     f_stat, h_stat = anova_kruskal_columns(table.loc[in_kept, metrics].to_numpy(dtype=float), clusters[in_kept])
-    out.update({f"F:{m}": float(v) for m, v in zip(metrics, f_stat)})
-    out.update({f"H:{m}": float(v) for m, v in zip(metrics, h_stat)})
-    return out
-
-
-def _engine_matched_tests(g: ig.Graph, membership: np.ndarray, feats: list[int], corr: np.ndarray,
-                          columns: list[int], features: pd.DataFrame, metrics: list[str], cfg: ClusteringConfig,
-                          seed: int) -> dict[str, float]:
-    """:func:`_matched_tests` on :mod:`featsweep.engines.graph`: ``g``'s vertex k is ``feats[k]``; ``corr`` is the
-    shuffled matrix's correlation over ``columns``. Only the centralities among ``metrics`` are computed."""
-    out = {f"{k}:{m}": np.nan for k in "FH" for m in metrics}
-    membership, kept = graph_engine.kept_membership(g, membership, cfg.min_cluster_size, cfg.recluster_kept,
-                                                    cfg.algorithm, cfg.weighted, cfg.resolution, seed, feats)
-    if len(kept) < 2:
-        return out
-    central, _ = centrality.centralities(g, cfg.weighted, [m for m in centrality.CENTRALITIES if m in metrics],
-                                           cfg.centrality_sources, seed)
-    table = features.set_index("feature").loc[feats]
-    for name, values in central.items():
-        table[name] = values
-    if "abs_corr" in metrics:
-        order = {f: k for k, f in enumerate(columns)}  # corr's column order
-        idx = [order[f] for f in feats]
-        table["abs_corr"] = (np.abs(corr[idx]).sum(axis=1) - 1.0) / max(len(order) - 1, 1)
-    in_kept = np.isin(membership, kept)
-    f_stat, h_stat = anova_kruskal_columns(table[metrics].to_numpy(dtype=float)[in_kept], membership[in_kept])
     out.update({f"F:{m}": float(v) for m, v in zip(metrics, f_stat)})
     out.update({f"H:{m}": float(v) for m, v in zip(metrics, h_stat)})
     return out
@@ -272,6 +247,8 @@ def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_ma
             matched = pd.concat([pd.DataFrame({"draw": null["draw"], "metric": m, "anova_F": null[f"F:{m}"],
                                                "kruskal_H": null[f"H:{m}"]}) for m in metrics], ignore_index=True)
             tests = null_pvalues(tests, matched, prefix="matched_")
+        if cfg.n_continuum > 0:  # cuts of a continuum are not distinct groups (featsweep.hypotheses.discreteness)
+            tests = _continuum_statistics(network, cfg, seed, progress, result, metrics, tests, n_jobs)
         for row in tests.to_dict("records"):
             for key, value in row.items():
                 if key not in ("metric", "n_groups"):
@@ -283,6 +260,22 @@ def h1_statistics(network: Network, cfg: ClusteringConfig, seed: int, has_gen_ma
     verdict, reason = h1_verdict(result.metrics, len(kept))
     result.tags.update({"h1.verdict": verdict, "h1.verdict_reason": reason})
     return result
+
+
+def _continuum_statistics(network: Network, cfg: ClusteringConfig, seed: int, progress: bool, result: StageResult,
+                          metrics: list[str], tests: pd.DataFrame, n_jobs: int) -> pd.DataFrame:
+    """The continuum null: ``h1.silhouette`` against each fitted continuum's draws, and the cluster tests'
+    ``continuum_null_p`` columns."""
+    null, fits = discreteness.continuum_null(network.matrix, cfg, seed, network.features, metrics, progress, n_jobs)
+    observed = discreteness.observed_silhouette(network.corr, network.partition, network.kept_clusters)
+    result.metrics.update(discreteness.discreteness_metrics(observed, null, fits))
+    closest = max(fits, key=lambda f: np.nan_to_num(result.metrics[f"h1.continuum_{f.shape}.p"], nan=-1.0))
+    result.tags["h1.continuum_shape"] = closest.shape
+    result.tables["tables/h1_continuum_null.parquet"] = null
+    result.figures["plots/null_continuum_silhouette.png"] = plots.plot_null_distribution(
+        null.loc[null["shape"] == closest.shape, "silhouette"].to_numpy(), observed, "mean silhouette",
+        title=f"silhouette: the closest fitted continuum ({closest.shape}) vs observed")
+    return discreteness.metric_pvalues(tests, null, metrics)
 
 
 def tested_features(network: Network, cfg: ClusteringConfig, seed: int, engine: str,

@@ -1,4 +1,4 @@
-"""H1's graph-aware null by rewiring, the partition it tests, and the shared machinery of H1's null draws.
+"""H1's graph-aware nulls: the rewired null, the partition H1 tests, and the machinery every null draw shares.
 
 * :func:`kept_partition`: the partition H1 tests and its kept clusters (the networkx reference; the engine's is
   ``featsweep.engines.graph.kept_membership``).
@@ -6,6 +6,7 @@
   ``Graph.rewire``; :func:`rewire_reference` is networkx's), each reclustered and its cluster tests recomputed with
   the same centralities as the observed graph (``featsweep.engines.centrality``, one implementation).
 * :func:`null_pvalues`: ``(1 + #{null >= observed}) / (1 + n_valid)`` per metric, Bonferroni over the family.
+* :func:`graph_cluster_tests`: the F and H of every metric on one null graph (edge-matched or continuum draws).
 * :func:`run_draws` / :func:`draw_jobs`: draws in order, in process or on a process pool, with the same numbers.
 
 The reasoning behind the nulls is in :mod:`featsweep.hypotheses.h1`.
@@ -179,4 +180,31 @@ def null_pvalues(tests: pd.DataFrame, null: pd.DataFrame, method: str = "bonferr
         if column == "anova_F":
             out[f"n_{prefix}null_valid"] = valid
     out[f"{prefix}null_p_adj"] = adjust_pvalues(out[f"{prefix}null_p"].to_numpy(), method)
+    return out
+
+
+def graph_cluster_tests(g: ig.Graph, membership: np.ndarray, feats: list[int], corr: np.ndarray,
+                          columns: list[int], features: pd.DataFrame, metrics: list[str], cfg: ClusteringConfig,
+                          seed: int) -> dict[str, float]:
+    """F and H of every metric across the kept clusters of a null graph ``g`` (an edge-matched or continuum draw) on
+    the compiled engine: ``g``'s vertex k is ``feats[k]``; ``corr`` is the draw's correlation over ``columns``.
+    Only the centralities among ``metrics`` are computed (the same estimate as the observed graph's)."""
+    out = {f"{k}:{m}": np.nan for k in "FH" for m in metrics}
+    membership, kept = graph_engine.kept_membership(g, membership, cfg.min_cluster_size, cfg.recluster_kept,
+                                                    cfg.algorithm, cfg.weighted, cfg.resolution, seed, feats)
+    if len(kept) < 2:
+        return out
+    central, _ = centrality.centralities(g, cfg.weighted, [m for m in centrality.CENTRALITIES if m in metrics],
+                                           cfg.centrality_sources, seed)
+    table = features.set_index("feature").loc[feats]
+    for name, values in central.items():
+        table[name] = values
+    if "abs_corr" in metrics:
+        order = {f: k for k, f in enumerate(columns)}  # corr's column order
+        idx = [order[f] for f in feats]
+        table["abs_corr"] = (np.abs(corr[idx]).sum(axis=1) - 1.0) / max(len(order) - 1, 1)
+    in_kept = np.isin(membership, kept)
+    f_stat, h_stat = anova_kruskal_columns(table[metrics].to_numpy(dtype=float)[in_kept], membership[in_kept])
+    out.update({f"F:{m}": float(v) for m, v in zip(metrics, f_stat)})
+    out.update({f"H:{m}": float(v) for m, v in zip(metrics, h_stat)})
     return out

@@ -4,15 +4,21 @@ Each rule reads only the run's logged metrics, so a reviewer can re-derive the v
 ``ALPHA`` is the significance level of every rule; every p-value used is already corrected for its family.
 
 * **H1, clusters are distinct** (``h1.verdict``). Inconclusive when fewer than 2 clusters are kept or a
-  needed null did not run (``clustering.n_null``, ``n_rewire`` or ``n_bootstrap`` = 0). Supported when all of:
+  needed null did not run (``clustering.n_null``, ``n_rewire``, ``n_bootstrap`` or ``n_continuum`` = 0).
+  Supported when all of:
   (a) the modularity beats the edge-matched permutation null (``h1.matched_modularity_p < ALPHA``): there is
   more community structure than as many chance edges give; (b) the partition is stable under resampling the
-  prompts (``h1.bootstrap_ari_mean >= MIN_BOOTSTRAP_ARI``); (c) at least one metric differs across the kept
-  clusters beyond what both graph-aware nulls give: reclustering a degree-preserving rewiring of the same
-  graph, and reclustering the edge-matched graph of shuffled data (``min over metrics of
-  max(h1.<metric>.null_p_adj, h1.<metric>.matched_null_p_adj) < ALPHA``; the nominal ANOVA p-values are
-  not used: they are circular). Inconclusive instead when (c) fails only because the nulls had too few
-  draws for any metric to pass Bonferroni (``n_metrics / (1 + n_draws) >= ALPHA``). Otherwise not supported.
+  prompts (``h1.bootstrap_ari_mean >= MIN_BOOTSTRAP_ARI``); (c) the clusters are DISCRETE, not cuts of a
+  continuum: their mean silhouette (``h1.silhouette``) beats reclustered draws of the best-fitting continuum of
+  every shape, segment, circle and sheet (``h1.continuum_p < ALPHA``, the largest p over the shapes;
+  ``featsweep.hypotheses.discreteness``); (d) at least one metric differs across the kept clusters beyond
+  what all three graph-aware nulls give: reclustering a degree-preserving rewiring of the same graph,
+  reclustering the edge-matched graph of shuffled data, and reclustering draws of the fitted continua, so
+  that a metric varying smoothly along a continuum does not count (``min over metrics of
+  max(h1.<metric>.null_p_adj, h1.<metric>.matched_null_p_adj, h1.<metric>.continuum_null_p_adj) < ALPHA``;
+  the nominal ANOVA p-values are not used: they are circular). Inconclusive instead when (d) fails only
+  because the nulls had too few draws for any metric to pass Bonferroni (``n_metrics / (1 + n_draws) >=
+  ALPHA``). Otherwise not supported; ``h1.verdict_reason`` names every criterion that failed.
 * **H2, steering a set from one cluster hurts more** (``h2.verdict``). Uses the label-permutation tests of
   ``featsweep.hypotheses.stats.permutation_diff`` over set sizes >= 2: ``h2.p``/``h2.diff`` (within vs between) and
   ``h2.within_vs_random.p``/``.diff`` (within vs a random set of kept features). Supported when both are
@@ -53,27 +59,33 @@ def h1_verdict(metrics: dict, n_kept: int) -> tuple[str, str]:
         return INCONCLUSIVE, f"{n_kept} kept cluster(s): at least 2 are needed"
     matched = metrics.get("h1.matched_modularity_p")
     ari = metrics.get("h1.bootstrap_ari_mean")
-    # a metric passes when BOTH graph-aware nulls reject it: the larger of its two adjusted p-values counts
-    null_adj = [max(v, metrics[k.replace(".null_p_adj", ".matched_null_p_adj")]) for k, v in metrics.items()
-                if k.endswith(".null_p_adj") and not k.endswith(".matched_null_p_adj") and _finite(v)
-                and _finite(metrics.get(k.replace(".null_p_adj", ".matched_null_p_adj")))]
+    continuum = metrics.get("h1.continuum_p")
+    # a metric passes when EVERY graph-aware null rejects it: the largest of its adjusted p-values counts
+    nulls = (".null_p_adj", ".matched_null_p_adj", ".continuum_null_p_adj")
+    names = [k[:-len(nulls[0])] for k in metrics if k.endswith(nulls[0]) and not k.endswith(nulls[1])
+             and not k.endswith(nulls[2])]
+    null_adj = [max(metrics[name + n] for n in nulls) for name in names
+                if all(_finite(metrics.get(name + n)) for n in nulls)]
     missing = [name for name, ok in (("edge-matched null (clustering.n_null)", _finite(matched)),
                                      ("bootstrap (clustering.n_bootstrap)", _finite(ari)),
-                                     ("graph-aware nulls of the cluster tests (clustering.n_rewire and n_null)",
-                                      bool(null_adj))) if not ok]
+                                     ("continuum null (clustering.n_continuum)", _finite(continuum)),
+                                     ("graph-aware nulls of the cluster tests (clustering.n_rewire, n_null and "
+                                      "n_continuum)", bool(null_adj))) if not ok]
     if missing:
         return INCONCLUSIVE, "not run: " + ", ".join(missing)
     n_metrics = len(null_adj)
-    draws = [v for k, v in metrics.items() if (k.endswith(".n_null_valid") or k.endswith(".n_matched_null_valid"))
-             and _finite(v)]
+    draws = [v for k, v in metrics.items() if k.endswith((".n_null_valid", ".n_matched_null_valid",
+                                                           ".n_continuum_null_valid")) and _finite(v)]
     floor = n_metrics / (1 + min(draws)) if draws else 0.0  # the smallest Bonferroni p these draws allow
-    if matched < ALPHA and ari >= MIN_BOOTSTRAP_ARI and min(null_adj) >= ALPHA and floor >= ALPHA:
-        return INCONCLUSIVE, (f"too few null draws: with {int(min(draws) if draws else 0)} valid draws and "
-                              f"{n_metrics} metrics no adjusted p-value can fall below {ALPHA} (raise "
-                              "clustering.n_null and clustering.n_rewire)")
     checks = [(matched < ALPHA, f"modularity vs edge-matched null p={matched:.3g}"),
               (ari >= MIN_BOOTSTRAP_ARI, f"bootstrap ARI {ari:.2f} (needs >= {MIN_BOOTSTRAP_ARI})"),
+              (continuum < ALPHA, f"discreteness: silhouette {metrics.get('h1.silhouette', float('nan')):.3g} vs "
+                                  f"the fitted continua p={continuum:.3g}"),
               (min(null_adj) < ALPHA, f"smallest graph-aware-null p_adj={min(null_adj):.3g}")]
+    if all(ok for ok, _ in checks[:3]) and not checks[3][0] and floor >= ALPHA:
+        return INCONCLUSIVE, (f"too few null draws: with {int(min(draws) if draws else 0)} valid draws and "
+                              f"{n_metrics} metrics no adjusted p-value can fall below {ALPHA} (raise "
+                              "clustering.n_null, clustering.n_rewire and clustering.n_continuum)")
     failed = [text for ok, text in checks if not ok]
     if failed:
         return NOT_SUPPORTED, "fails: " + "; ".join(failed)

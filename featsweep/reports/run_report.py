@@ -19,7 +19,7 @@ from featsweep.results import StageResult
 REPORT = "report.html"
 KEY_PLOTS = {
     "h1": ["plots/network.png", "plots/corr_heatmap_sorted.png", "plots/null_matched_modularity.png",
-           "plots/violins_centrality.png"],
+           "plots/null_continuum_silhouette.png", "plots/violins_centrality.png"],
     "h2": ["plots/steering_within_vs_between.png"],
     "h3": ["plots/steering_performance_vs_centrality.png"],
     "h4": ["plots/cooc_communities.png", "plots/cooc_degree.png"],
@@ -97,14 +97,19 @@ class Report:
         summary = [[k, _fmt(m.get(k))] for k in (
             "network.n_features", "network.n_edges", "h1.null_edges_mean", "network.n_kept_clusters",
             "network.modularity", "h1.null_matched_modularity_mean", "h1.matched_modularity_p",
-            "h1.bootstrap_ari_mean") if k in m]
+            "h1.bootstrap_ari_mean", "h1.silhouette", "h1.continuum_segment.silhouette_mean",
+            "h1.continuum_circle.silhouette_mean", "h1.continuum_sheet.silhouette_mean", "h1.continuum_p") if k in m]
         columns = ["anova_F", "anova_p", "anova_p_adj", "null_p", "null_p_adj", "matched_null_p",
-                   "matched_null_p_adj", "kruskal_H", "kruskal_p"]
+                   "matched_null_p_adj", "continuum_null_p", "continuum_null_p_adj", "kruskal_H", "kruskal_p"]
         metrics = sorted({k.split(".")[1] for k in m if k.startswith("h1.") and k.endswith(".anova_F")})
         rows = [[metric, *[_fmt(m.get(f"h1.{metric}.{c}")) for c in columns]] for metric in metrics]
         note = ("<p>anova_p / anova_p_adj are NOMINAL (circular: the clusters and the centralities come from one "
                 "graph). null_p: against degree-preserving rewirings, reclustered; matched_null_p: against "
-                "edge-matched graphs of shuffled data, reclustered. *_adj: Bonferroni over the metrics.</p>")
+                "edge-matched graphs of shuffled data, reclustered; continuum_null_p: against draws of the fitted "
+                "continua (segment, circle, sheet), reclustered, the largest p over the shapes, so that a metric "
+                "varying smoothly along a continuum does not count. *_adj: Bonferroni over the metrics. "
+                "Discreteness: the mean silhouette of the kept clusters against each fitted continuum's draws "
+                "(h1.continuum_p, the largest p over the shapes).</p>")
         if "h1.centrality_estimate" in self.tags:
             note += f"<p>{html.escape(self.tags['h1.centrality_estimate'])}</p>"
         return _table(["network", "value"], summary) + note + (_table(["metric", *columns], rows) if rows else "")

@@ -229,7 +229,8 @@ def test_stage_matches_networkx_reference(algorithm, tmp_path):
     values = blocks(n_prompts=60, sizes=(14, 12, 10), extra=8, seed=7)
     ids = sorted(rng.choice(24576, size=values.shape[1], replace=False).tolist())
     matrix = pd.DataFrame(values, columns=ids)
-    cfg = ClusteringConfig(threshold=0.35, algorithm=algorithm, min_cluster_size=5, n_null=6, n_bootstrap=4)
+    cfg = ClusteringConfig(threshold=0.35, algorithm=algorithm, min_cluster_size=5, n_null=6, n_bootstrap=4,
+                           n_continuum=0)
     runs = {}
     for engine in ("igraph", "networkx"):
         runs[engine] = stage.network_stage(matrix, cfg, 0, None, None, progress=False,

@@ -137,7 +137,7 @@ def test_sampled_betweenness_is_unbiased_and_closeness_consistent():
 
 
 def test_cluster_tests_use_the_estimate_where_the_nulls_do_and_the_table_stays_exact():
-    cfg = ClusteringConfig(threshold=0.25, min_cluster_size=4, n_null=0, n_bootstrap=0, n_rewire=0,
+    cfg = ClusteringConfig(threshold=0.25, min_cluster_size=4, n_null=0, n_bootstrap=0, n_rewire=0, n_continuum=0,
                            centrality_sources=6)
     network = _planted_network(cfg)
     assert len(network.kept_clusters) >= 2
@@ -259,7 +259,7 @@ def test_recluster_kept_reclusters_the_kept_subgraph_only():
 
 
 def _calibration(repeats: int, n_rewire: int, sources=256):
-    cfg = ClusteringConfig(threshold=0.2, min_cluster_size=3, n_null=n_rewire, n_bootstrap=0, n_rewire=n_rewire,
+    cfg = ClusteringConfig(threshold=0.2, min_cluster_size=3, n_null=n_rewire, n_bootstrap=0, n_rewire=n_rewire, n_continuum=0,
                            centrality_sources=sources)
     nominal, null, matched = [], [], []
     for rep in range(repeats):

@@ -11,9 +11,10 @@ from featsweep.reports.run_report import Report
 from featsweep.results import StageResult
 from featsweep.hypotheses.verdicts import h1_verdict, h2_verdict, h3_verdict
 
-H1_GOOD = {"h1.matched_modularity_p": 0.01, "h1.bootstrap_ari_mean": 0.8,
-           "h1.degree.null_p_adj": 0.02, "h1.degree.matched_null_p_adj": 0.03,
-           "h1.std.null_p_adj": 0.5, "h1.std.matched_null_p_adj": 0.001}
+H1_GOOD = {"h1.matched_modularity_p": 0.01, "h1.bootstrap_ari_mean": 0.8, "h1.continuum_p": 0.01,
+           "h1.silhouette": 0.4,
+           "h1.degree.null_p_adj": 0.02, "h1.degree.matched_null_p_adj": 0.03, "h1.degree.continuum_null_p_adj": 0.04,
+           "h1.std.null_p_adj": 0.5, "h1.std.matched_null_p_adj": 0.001, "h1.std.continuum_null_p_adj": 0.001}
 
 
 def test_h1_rule():
@@ -31,6 +32,23 @@ def test_h1_rule():
     verdict, reason = h1_verdict(few, 3)  # 2 metrics, 20 draws: p_adj >= 2/21 whatever the data
     assert verdict == "inconclusive" and "too few null draws" in reason
     assert h1_verdict({**few, "h1.bootstrap_ari_mean": 0.2}, 3)[0] == "not_supported"  # fails anyway
+
+
+def test_h1_rule_asks_for_discrete_clusters_and_metrics_beyond_the_continuum():
+    # cuts of a continuum: everything else passes, the silhouette does not beat the fitted continua
+    verdict, reason = h1_verdict({**H1_GOOD, "h1.continuum_p": 0.4}, 3)
+    assert verdict == "not_supported" and reason.startswith("fails: discreteness") and "p=0.4" in reason
+    assert "bootstrap" not in reason and "graph-aware" not in reason  # names only the criterion that failed
+    # a gradient: degree beats the rewired and edge-matched nulls but not the continuum draws
+    verdict, reason = h1_verdict({**H1_GOOD, "h1.degree.continuum_null_p_adj": 0.3}, 3)
+    assert verdict == "not_supported" and "graph-aware-null p_adj=0.3" in reason and "discreteness" not in reason
+    both = {**H1_GOOD, "h1.continuum_p": 0.2, "h1.bootstrap_ari_mean": 0.1}
+    assert h1_verdict(both, 3)[1].count(";") == 1  # two criteria failed, both named
+    verdict, reason = h1_verdict({k: v for k, v in H1_GOOD.items() if "continuum" not in k}, 3)
+    assert verdict == "inconclusive" and "clustering.n_continuum" in reason  # the continuum null did not run
+    few = {**H1_GOOD, "h1.degree.continuum_null_p_adj": 0.3, "h1.degree.n_continuum_null_valid": 20.0}
+    verdict, reason = h1_verdict(few, 3)  # 2 metrics, 20 continuum draws: p_adj >= 2/21 whatever the data
+    assert verdict == "inconclusive" and "clustering.n_continuum" in reason
 
 
 def test_h2_rule():

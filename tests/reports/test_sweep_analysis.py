@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers import artifacts, mlflow_runs, run_featsweep
 
-FAST = ["clustering.n_null=10", "clustering.n_bootstrap=5", "clustering.n_rewire=5", "steering.samples_per_size=6"]
+FAST = ["clustering.n_null=10", "clustering.n_bootstrap=5", "clustering.n_rewire=5", "clustering.n_continuum=3", "steering.samples_per_size=6"]
 
 
 @pytest.fixture(scope="module")

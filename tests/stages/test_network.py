@@ -39,7 +39,8 @@ def planted(n_prompts=100, k=3, per=15, noise=0.5, seed=0):
 @pytest.mark.parametrize("algorithm", ["greedy_modularity", "louvain", "leiden"])
 def test_planted_partition_is_recovered(algorithm, tmp_path):
     matrix, truth = planted()
-    cfg = ClusteringConfig(algorithm=algorithm, threshold=0.7, edges="positive", n_null=5, n_bootstrap=5, n_rewire=5)
+    cfg = ClusteringConfig(algorithm=algorithm, threshold=0.7, edges="positive", n_null=5, n_bootstrap=5, n_rewire=5,
+                           n_continuum=3)
     gen_max = np.linspace(0, 1, 24576)
     net, result = network_stage(matrix, cfg, seed=0, gen_max=gen_max, neuronpedia_id="gpt2-small/7-res-jb",
                                 progress=False)
@@ -95,7 +96,8 @@ def test_permutation_null_on_noise():
 def test_noise_network_is_within_null(tmp_path):
     rng = np.random.default_rng(4)
     noise = pd.DataFrame(rng.normal(size=(100, 40)))
-    cfg = ClusteringConfig(threshold=0.2, edges="positive", n_null=30, n_bootstrap=0, min_cluster_size=2, n_rewire=0)
+    cfg = ClusteringConfig(threshold=0.2, edges="positive", n_null=30, n_bootstrap=0, min_cluster_size=2, n_rewire=0,
+                           n_continuum=0)
     net, result = network_stage(noise, cfg, 0, None, None, progress=False)
     assert result.metrics["network.n_edges"] > 0
     null = result.tables["tables/h1_null.parquet"]
@@ -131,7 +133,7 @@ def test_constant_features_are_dropped_and_counted(tmp_path):
     matrix, _ = planted(per=12, seed=2)
     matrix[5] = 1.5  # constant: no correlation exists
     matrix[6] = 0.0
-    net, result = network_stage(matrix, ClusteringConfig(n_null=0, n_bootstrap=0, n_rewire=0), 0, None, None,
+    net, result = network_stage(matrix, ClusteringConfig(n_null=0, n_bootstrap=0, n_rewire=0, n_continuum=0), 0, None, None,
                                 progress=False)
     assert result.metrics["network.n_constant_features"] == 2
     assert 5 not in net.graph and 6 not in net.corr.columns
@@ -193,7 +195,7 @@ def test_network_stage_runs_on_disconnected_planted_clusters(tmp_path):
     truth = np.arange(100) % 8
     values = rng.normal(size=(100, 8))[:, truth] + 0.8 * rng.normal(size=(100, 100))
     matrix = pd.DataFrame(values, columns=list(range(100)))
-    cfg = ClusteringConfig(threshold=0.3, min_cluster_size=5, n_null=2, n_bootstrap=2, n_rewire=2)
+    cfg = ClusteringConfig(threshold=0.3, min_cluster_size=5, n_null=2, n_bootstrap=2, n_rewire=2, n_continuum=2)
     net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
     assert result.metrics["network.n_components"] >= 2  # disconnected: whole-graph numpy eigen-solvers raise
     assert result.tags["network.eigenvector_method"] in ("eigh_per_component", "per_component_lapack")
@@ -230,10 +232,10 @@ def test_attribution_metrics_match_pandas():
 
 def test_min_cluster_size_is_inclusive(tmp_path):
     matrix, _ = planted(per=15)
-    cfg = ClusteringConfig(min_cluster_size=15, n_null=0, n_bootstrap=0, n_rewire=0)
+    cfg = ClusteringConfig(min_cluster_size=15, n_null=0, n_bootstrap=0, n_rewire=0, n_continuum=0)
     net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
     assert len(net.kept_clusters) == 3 and result.skip_reason is None
-    cfg = ClusteringConfig(min_cluster_size=16, n_null=0, n_bootstrap=0, n_rewire=0)
+    cfg = ClusteringConfig(min_cluster_size=16, n_null=0, n_bootstrap=0, n_rewire=0, n_continuum=0)
     net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
     assert net is not None and net.kept_clusters == []
     assert "clustering.min_cluster_size" in result.skip_reason
@@ -243,7 +245,7 @@ def test_min_cluster_size_is_inclusive(tmp_path):
 def test_no_edges_gives_skip_reason(tmp_path):
     rng = np.random.default_rng(6)
     noise = pd.DataFrame(rng.normal(size=(50, 20)))
-    cfg = ClusteringConfig(threshold=0.95, n_null=3, n_bootstrap=3)
+    cfg = ClusteringConfig(threshold=0.95, n_null=3, n_bootstrap=3, n_continuum=0)
     net, result = network_stage(noise, cfg, 0, None, None, progress=False)
     assert net is not None and net.graph.number_of_edges() == 0 and net.kept_clusters == []
     assert "clustering.threshold" in result.skip_reason
@@ -262,7 +264,7 @@ def test_too_few_features_returns_none(tmp_path, n_features):
 def test_feature_cap_keeps_largest_mean_abs(tmp_path):
     matrix, _ = planted(per=10, seed=7)
     matrix = matrix * np.linspace(1, 3, matrix.shape[1])  # distinct scales
-    cfg = ClusteringConfig(max_features=12, min_cluster_size=2, n_null=0, n_bootstrap=0, n_rewire=0)
+    cfg = ClusteringConfig(max_features=12, min_cluster_size=2, n_null=0, n_bootstrap=0, n_rewire=0, n_continuum=0)
     net, result = network_stage(matrix, cfg, 0, None, None, progress=False)
     expected = matrix.abs().mean().sort_values(ascending=False).index[:12]
     assert sorted(net.matrix.columns) == sorted(expected)

@@ -28,7 +28,7 @@ from featsweep.tracking.upload import upload
 from helpers import QUICK, artifacts, compose_with, mlflow_runs, run_featsweep
 
 TINY = [*QUICK, "task.limit=5"]
-FAST = ["clustering.n_null=5", "clustering.n_bootstrap=3", "steering.samples_per_size=4"]
+FAST = ["clustering.n_null=5", "clustering.n_bootstrap=3", "clustering.n_continuum=3", "steering.samples_per_size=4"]
 
 
 def free_port() -> int:
