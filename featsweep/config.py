@@ -367,11 +367,8 @@ class CorpusConfig:
     top_k: int = 20  # top-activating contexts kept per latent
 
     def __post_init__(self) -> None:
-        _at_least("corpus.n_tokens", self.n_tokens, 1)
-        if self.context is not None:
-            _at_least("corpus.context", self.context, 2)
-        _at_least("corpus.batch_size", self.batch_size, 1)
-        _at_least("corpus.top_k", self.top_k, 1)
+        for key, low in (("n_tokens", 1), ("batch_size", 1), ("top_k", 1)) + ((("context", 2),) if self.context is not None else ()):
+            _at_least(f"corpus.{key}", getattr(self, key), low)
         if CorpusSource(self.source) is CorpusSource.huggingface and not self.dataset and not self.path:
             _bad("corpus.dataset", None, "corpus.source=huggingface needs a dataset name, e.g. corpus=pile10k")
 
