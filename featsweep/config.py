@@ -223,7 +223,7 @@ class ClusteringConfig:
     # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
     # run). Every H1 null graph of the cluster tests (n_null edge-matched + n_rewire rewired) is reclustered and
     # needs its betweenness and closeness (from centrality_sources sources), so the stage's cost grows with
-    # features x edges x draws (README, "network stage"). A random SAE at GPT-2 shape has ~15k varying
+    # features x edges x draws (docs/measurements.md, "network stage"). A random SAE at GPT-2 shape has ~15k varying
     # features. null = no cap.
     max_features: Optional[int] = 2000
     # H1's graph-aware null: degree-preserving rewirings of the observed graph, reclustered (0 = off)

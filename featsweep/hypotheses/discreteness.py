@@ -43,7 +43,7 @@ reference with the data's own shape.
 ``h1.continuum_p`` = the LARGEST over the three shapes of ``(1 + #{null >= observed}) / (1 + n_valid)``
 (an intersection-union test: H1 must beat every continuum shape; draws with fewer than 2 kept clusters have no
 statistic and are left out, as in the other nulls). The true shape need not be chosen, only be among the three;
-the README's calibration table (``benchmarks/h1_discreteness.py``) measures the level and the power.
+the calibration table in docs/statistics.md (``benchmarks/h1_discreteness.py``) measures the level and the power.
 
 **Per-metric tests that survive a gradient.** The same draws give every feature metric's ANOVA F and Kruskal H
 across the draw's kept clusters: centralities and ``abs_corr`` recomputed on the draw's graph, the attribution

@@ -129,7 +129,7 @@ def check_reachable(uri: str) -> None:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=5)
     except requests.RequestException:
         raise FeatsweepError(
-            f"The MLflow tracking server at {mask(uri)} cannot be reached. Start it (see README, 'A tracking server'), "
+            f"The MLflow tracking server at {mask(uri)} cannot be reached. Start it (see docs/sweeps.md, 'A tracking server'), "
             "fix tracking.uri, or use the local store with tracking=local."
         ) from None
     if response.status_code != 200:

@@ -279,7 +279,7 @@ def _calibration(repeats: int, n_rewire: int, sources=256):
 def test_graph_aware_nulls_are_calibrated_where_nominal_anova_is_not(sources):
     # 20 noise matrices x 4 centralities, 39 draws of each null (null_p < 0.05 then means "above every draw":
     # 1/40 under exchangeability). The verdict asks both nulls to reject: max(null_p, matched_null_p).
-    # Larger scale (60 repeats): benchmarks/h1_calibration.py, numbers in the README.
+    # Larger scale (60 repeats): benchmarks/h1_calibration.py, numbers in docs/statistics.md.
     nominal, rewired, matched = _calibration(repeats=20, n_rewire=39, sources=sources)
     assert len(nominal) >= 40
     assert np.mean(np.maximum(rewired, matched) < 0.05) <= 0.08
