@@ -1,4 +1,4 @@
-"""Speed and memory of the corpus co-occurrence counter (featsweep/stages/cooccurrence.py). JSON last.
+"""Speed and memory of the corpus co-occurrence counter (featsweep/engines/cooccurrence.py). JSON last.
 
     python benchmarks/cooccurrence.py                 # defaults below (a few minutes on 2 cores)
     python benchmarks/cooccurrence.py --tokens 1000000
@@ -66,7 +66,7 @@ def peak_mb() -> float:
 def organism_section(n_tokens: int) -> dict:
     import torch
 
-    from featsweep.stages.cooccurrence import CooccurrenceCounter
+    from featsweep.engines.cooccurrence import CooccurrenceCounter
 
     d = 1024
     batches = list(synthetic_batches(d, 35, n_tokens, seed=0))
@@ -93,7 +93,7 @@ def organism_section(n_tokens: int) -> dict:
 
 def synthetic_section(d: int, n_tokens: int) -> dict:
     from featsweep.engines.dictionary_graph import auto_threshold, build_dictionary_graph
-    from featsweep.stages.cooccurrence import CooccurrenceCounter, weights
+    from featsweep.engines.cooccurrence import CooccurrenceCounter, weights
 
     import torch
 
@@ -139,7 +139,7 @@ def synthetic_section(d: int, n_tokens: int) -> dict:
 def gpt2_section(n_tokens: int) -> dict:
     import torch
 
-    from featsweep.stages.cooccurrence import CooccurrenceCounter
+    from featsweep.engines.cooccurrence import CooccurrenceCounter
     from featsweep.subjects.loading import random_sae
 
     torch.manual_seed(0)

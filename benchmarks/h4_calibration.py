@@ -20,7 +20,7 @@ import numpy as np
 
 from featsweep.config import CooccurrenceConfig, checked
 from featsweep.hypotheses.h4 import h4_statistics
-from featsweep.stages.cooccurrence import CooccurrenceCounter, sae_threshold
+from featsweep.engines.cooccurrence import CooccurrenceCounter, sae_threshold
 from featsweep.stages.corpus import corpus_stage
 from featsweep.stages.corpus_text import corpus_documents
 from featsweep.subjects.organism import ASSETS_DIR

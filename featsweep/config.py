@@ -261,7 +261,7 @@ class ClusteringConfig:
 
 @dataclass
 class CooccurrenceConfig:
-    """Corpus co-occurrence of every SAE latent (featsweep/stages/cooccurrence.py) and H4."""
+    """Corpus co-occurrence of every SAE latent (featsweep/engines/cooccurrence.py) and H4."""
 
     unit: CoocUnit = CoocUnit.token
     window: int = 16  # tokens per window (unit=window); at most the model's context

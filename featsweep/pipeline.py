@@ -29,7 +29,7 @@ from featsweep.stages.network import network_stage
 from featsweep.reports.run_report import Report
 from featsweep.reports.dashboards import describe_network
 from featsweep.subjects.organism import ASSETS_DIR
-from featsweep.stages.cooccurrence import (CooccurrenceCounter, Counts, check_window, cooccurrence_counting,
+from featsweep.engines.cooccurrence import (CooccurrenceCounter, Counts, check_window, cooccurrence_counting,
                                            sae_threshold)
 from featsweep.stages.dictionary import cooccurrence_stage
 from featsweep.results import StageResult

@@ -30,7 +30,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_mutual_info_score
 
 from featsweep.results import Network, StageResult
-from featsweep.stages.cooccurrence import Counts, dense_weights
+from featsweep.engines.cooccurrence import Counts, dense_weights
 from featsweep.hypotheses.verdicts import h4_verdict
 
 

@@ -1,6 +1,6 @@
 """The co-occurrence stage: from the corpus counts of every latent to the dictionary graph, its communities and H4.
 
-Inputs: the :class:`~featsweep.stages.cooccurrence.Counts` of the corpus (cached per subject and counting
+Inputs: the :class:`~featsweep.engines.cooccurrence.Counts` of the corpus (cached per subject and counting
 settings), the subject (for logit-lens labels) and the task network (for H4; ``None`` when the network stage
 made none). Outputs ``cooc.*`` metrics, ``cooc/counts.npz``, ``cooc/communities.graphml``, the community and
 latent tables, two plots and the H4 metrics and verdict. Bad settings that leave no graph (an
@@ -27,7 +27,7 @@ from featsweep.errors import FeatsweepError
 from featsweep.hypotheses.h4 import h4_statistics
 from featsweep.stages.network import graphml_bytes
 from featsweep.results import Network, StageResult
-from featsweep.stages.cooccurrence import Counts, logit_lens_labels, weights
+from featsweep.engines.cooccurrence import Counts, logit_lens_labels, weights
 
 log = logging.getLogger(__name__)
 N_DRAWN = 4  # communities drawn in plots/cooc_communities.png

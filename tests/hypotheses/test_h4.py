@@ -12,7 +12,7 @@ from sklearn.metrics import adjusted_mutual_info_score
 
 from featsweep.hypotheses.h4 import (density_bins, h4_statistics, matched_null, permutation_null, statistic,
                                      upper_p)
-from featsweep.stages.cooccurrence import Counts, dense_weights
+from featsweep.engines.cooccurrence import Counts, dense_weights
 from featsweep.hypotheses.verdicts import h4_verdict
 
 

@@ -16,7 +16,7 @@ from featsweep.config import CooccurrenceConfig, checked
 from featsweep.engines.dictionary_graph import auto_threshold, build_dictionary_graph, component_size_at
 from featsweep.errors import FeatsweepError
 from featsweep.config import CorpusConfig, ModelConfig
-from featsweep.stages.cooccurrence import (Counts, CooccurrenceCounter, check_window, count_cooccurrence,
+from featsweep.engines.cooccurrence import (Counts, CooccurrenceCounter, check_window, count_cooccurrence,
                                            dense_weights, weights)
 from featsweep.stages.corpus import corpus_pass, separator_id, token_rows
 from featsweep.stages.corpus_text import corpus_documents
