@@ -33,6 +33,7 @@ from mlflow.entities import Metric, Param
 
 from featsweep.errors import FeatsweepError
 from featsweep.plots import plot_hypotheses
+from featsweep.reports.layers import layer_section
 from featsweep.stats import adjust_pvalues
 from featsweep.sweep_report import render_report, ui_command
 from featsweep.tracking import client_for
@@ -156,7 +157,9 @@ def write_summary(client, runs: pd.DataFrame, out_dir: Path, parent: Optional[st
     figure = plot_hypotheses(table, dims or ["run_name"], shown, constant, title=title)
     figure.savefig(out_dir / "hypotheses.png", dpi=100, bbox_inches="tight")
     plt.close(figure)
-    (out_dir / "report.html").write_text(render_report(summary, dims, constant, out_dir / "hypotheses.png", title))
+    overrides = client.get_run(parent).data.tags.get("featsweep.sweep_overrides", "") if parent else ""
+    extra = layer_section(client, table, dims, out_dir, overrides)  # "" unless sae.layer was swept
+    (out_dir / "report.html").write_text(render_report(summary, dims, constant, out_dir / "hypotheses.png", title, extra))
     if parent:
         client.log_artifacts(parent, str(out_dir), "compare")
         client.set_tag(parent, "featsweep.compare.n_runs", str(len(table)))

@@ -379,3 +379,58 @@ def plot_hypotheses(table: pd.DataFrame, dims: list[str], metrics: list[str], co
         fig.text(0.01, 0.0, "Same in every run (not drawn): " + "\n".join(lines), fontsize=7, va="top", wrap=True)
     fig.tight_layout(rect=(0, 0.0, 1, 0.97))
     return fig
+
+
+# ---- cross-layer (sae.layer sweeps) ----------------------------------------------------
+
+
+def _band(ax, x0: float, x1: float, y0: tuple[float, float], y1: tuple[float, float], colour, label: str):
+    """A band from the span y0 at x0 to the span y1 at x1, along a smooth (cosine) curve."""
+    t = np.linspace(0, 1, 40)
+    s = (1 - np.cos(np.pi * t)) / 2
+    x = x0 + (x1 - x0) * t
+    low, high = y0[0] + (y1[0] - y0[0]) * s, y0[1] + (y1[1] - y0[1]) * s
+    ax.fill(np.r_[x, x[::-1]], np.r_[low, high[::-1]], color=colour, alpha=0.45, lw=0, label=label)
+
+
+def plot_layer_flow(layers: list[int], sizes: dict, flows: dict, title: str = ""):
+    """Kept clusters of each layer as stacked boxes (height = kept features), one column per layer, and a band
+    from a cluster at layer a to one at the next layer b as wide as ``flows[(a, b)].loc[cluster_a, cluster_b]``
+    (features matched between them). Each band's label is ``"La:ca->Lb:cb=n"`` (what the tests read back)."""
+    gap, width = 2.0, 0.12
+    fig, ax = plt.subplots(figsize=(2.6 * max(len(layers), 2) + 1, 6))
+    spans: dict = {}  # (layer, cluster) -> (bottom, top); stacked top-down in cluster order
+    for x, layer in enumerate(layers):
+        top = 0.0
+        clusters = list(sizes.get(layer, {}))
+        for cluster in clusters:
+            n = sizes[layer][cluster]
+            spans[(layer, cluster)] = (top - n, top)
+            ax.add_patch(plt.Rectangle((x - width / 2, top - n), width, n, color=_cluster_colour(cluster, clusters)))
+            ax.text(x - width / 2 - 0.03, top - n / 2, f"c{cluster} ({n})", ha="right", va="center", fontsize=7)
+            top -= n + gap
+    for x, (a, b) in enumerate(zip(layers, layers[1:])):
+        counts = flows.get((a, b))
+        if counts is None or counts.empty:
+            continue
+        out_used = {c: spans[(a, c)][1] for c in counts.index if (a, c) in spans}
+        in_used = {c: spans[(b, c)][1] for c in counts.columns if (b, c) in spans}
+        for ca in counts.index:
+            for cb in counts.columns:
+                n = int(counts.loc[ca, cb])
+                if n == 0 or ca not in out_used or cb not in in_used:
+                    continue
+                src, dst = (out_used[ca] - n, out_used[ca]), (in_used[cb] - n, in_used[cb])
+                out_used[ca] -= n
+                in_used[cb] -= n
+                _band(ax, x + width / 2, x + 1 - width / 2, src, dst, _cluster_colour(ca, list(sizes[a])),
+                      f"L{a}:{ca}->L{b}:{cb}={n}")
+    ax.set_xticks(range(len(layers)), [f"layer {layer}" for layer in layers])
+    ax.set_xlim(-0.6, len(layers) - 0.4)
+    ax.autoscale(axis="y")
+    ax.set_yticks([])
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

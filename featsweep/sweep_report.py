@@ -63,8 +63,10 @@ def _table(summary: pd.DataFrame) -> str:
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def render_report(summary: pd.DataFrame, dims: list[str], constant: dict, figure: Path, title: str = "") -> str:
-    """The whole page: what was swept, the figure, the headline table, and what did not change."""
+def render_report(summary: pd.DataFrame, dims: list[str], constant: dict, figure: Path, title: str = "",
+                  extra: str = "") -> str:
+    """The whole page: what was swept, the figure, the headline table, what did not change, and ``extra``
+    (HTML sections such as the cross-layer flow of an sae.layer sweep)."""
     image = base64.b64encode(Path(figure).read_bytes()).decode()
     fixed = "".join(f"<li><code>{html.escape(k)}</code> = {_cell(v)}</li>" for k, v in constant.items())
     swept = ", ".join(f"<code>{html.escape(d)}</code>" for d in dims) or "nothing (the runs share every parameter)"
@@ -78,6 +80,7 @@ def render_report(summary: pd.DataFrame, dims: list[str], constant: dict, figure
 {_table(summary)}
 <h3>Did not vary across the sweep</h3>
 <ul>{fixed or "<li>(none)</li>"}</ul>
+{extra}
 </body></html>
 """
 
