@@ -144,3 +144,15 @@ class _FusedBlock:
         x = x + torch.addmm(self.b_O, z, self.W_O).view(R, q, d)
         h = self.act(torch.addmm(self.b_in, self._norm(x, self.ln2).reshape(R * q, d), self.W_in))
         return x + torch.addmm(self.b_out, h, self.W_out).view(R, q, d)
+
+
+def fused_tail(model, blocks) -> Optional[list]:
+    """The fused tail for ``blocks`` when the model's architecture has one (GPT-2-style blocks here, Llama-style
+    blocks in :mod:`featsweep.engines.fused_llama`), else None (the engine runs TransformerLens's blocks)."""
+    from featsweep.engines.fused_llama import FusedLlamaBlock, fused_llama_ok
+
+    if _fused_ok(model):
+        return [_FusedBlock(b, model.cfg) for b in blocks]
+    if fused_llama_ok(model):
+        return [FusedLlamaBlock(b, model.cfg) for b in blocks]
+    return None
