@@ -393,10 +393,11 @@ def _band(ax, x0: float, x1: float, y0: tuple[float, float], y1: tuple[float, fl
     ax.fill(np.r_[x, x[::-1]], np.r_[low, high[::-1]], color=colour, alpha=0.45, lw=0, label=label)
 
 
-def plot_layer_flow(layers: list[int], sizes: dict, flows: dict, title: str = ""):
+def plot_layer_flow(layers: list[int], sizes: dict, flows: dict, outside: dict | None = None, title: str = ""):
     """Kept clusters of each layer as stacked boxes (height = kept features), one column per layer, and a band
     from a cluster at layer a to one at the next layer b as wide as ``flows[(a, b)].loc[cluster_a, cluster_b]``
-    (features matched between them). Each band's label is ``"La:ca->Lb:cb=n"`` (what the tests read back)."""
+    (features matched between them); ``outside[(a, b)][cluster_a]`` features go to a grey box under b's clusters
+    (matched, but not into b's network). Each band's label is ``"La:ca->Lb:cb=n"`` (``cb`` = ``outside``)."""
     gap, width = 2.0, 0.12
     fig, ax = plt.subplots(figsize=(2.6 * max(len(layers), 2) + 1, 6))
     spans: dict = {}  # (layer, cluster) -> (bottom, top); stacked top-down in cluster order
@@ -411,7 +412,19 @@ def plot_layer_flow(layers: list[int], sizes: dict, flows: dict, title: str = ""
             top -= n + gap
     for x, (a, b) in enumerate(zip(layers, layers[1:])):
         counts = flows.get((a, b))
-        if counts is None or counts.empty:
+        counts = pd.DataFrame() if counts is None else counts
+        away = (outside or {}).get((a, b))
+        if away is not None and away.sum() > 0:  # a grey box under b's clusters, fed only from a
+            bottom = min([s[0] for (layer, _), s in spans.items() if layer == b] + [0.0]) - gap
+            n = int(away.sum())
+            spans[(b, "outside")] = (bottom - n, bottom)
+            ax.add_patch(plt.Rectangle((x + 1 - width / 2, bottom - n), width, n, color=(0.8, 0.8, 0.8, 1.0)))
+            ax.text(x + 1 + width / 2 + 0.03, bottom - n / 2, f"outside the network ({n})", va="center", fontsize=7)
+            counts = counts.copy()
+            for c, value in away.items():
+                counts.loc[c, "outside"] = value
+            counts = counts.fillna(0)
+        if counts.empty:
             continue
         out_used = {c: spans[(a, c)][1] for c in counts.index if (a, c) in spans}
         in_used = {c: spans[(b, c)][1] for c in counts.columns if (b, c) in spans}

@@ -12,7 +12,8 @@ SAE's decoder (loaded again from the run's logged config):
   of the two partitions (cluster at L, cluster at L') on those pairs (1: clusters carried over whole;
   0: no more than chance; NaN below 2 pairs);
 * ``layer_flow.png``: kept clusters of each layer as columns, bands from a cluster at L to one at L' as wide as
-  the features they share through the matching (the ``n_pairs`` pairs of ``layers/matches_L<a>_L<b>.csv``).
+  the features they share through the matching (the ``n_pairs`` pairs of ``layers/matches_L<a>_L<b>.csv``), and
+  a grey band to "outside the network" for matched features whose partner is not a kept feature at L'.
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def flow_counts(matches: pd.DataFrame) -> pd.DataFrame:
     return pd.crosstab(pairs["cluster_a"], pairs["cluster_b"].astype(int)).rename_axis(index="cluster_a", columns="cluster_b")
 
 
+def outside_counts(matches: pd.DataFrame) -> pd.Series:
+    """Matched features from each kept cluster at L whose partner at L' is not a kept feature of L's network."""
+    return matches[matches["matched"] & matches["cluster_b"].isna()]["cluster_a"].value_counts().sort_index()
+
+
 def load_decoder(cfg) -> np.ndarray:
     """The decoder [d_sae, d_model] of the SAE a run used (norms folded as the run did), without its model."""
     from featsweep.subject import fold_decoder_norms, load_sae
@@ -124,7 +130,7 @@ def layer_flow(client, table: pd.DataFrame, dims: list[str], out_dir: Path) -> t
                                      "models cannot be matched.")
             layers = sorted(inputs)
             decoders = {layer: load_decoder(inputs[layer][1]) for layer in layers}
-            flows, sizes = {}, {}
+            flows, sizes, outside = {}, {}, {}
             for layer in layers:
                 kept = inputs[layer][0][inputs[layer][0]["kept"]]
                 sizes[layer] = kept["cluster"].value_counts().sort_index().to_dict()
@@ -134,7 +140,8 @@ def layer_flow(client, table: pd.DataFrame, dims: list[str], out_dir: Path) -> t
                 suffix = f"_{len(figures)}" if others else ""
                 matches.to_csv(out_dir / "layers" / f"matches_L{a}_L{b}{suffix}.csv", index=False)
                 flows[(a, b)] = flow_counts(matches)
-            figure = plot_layer_flow(layers, sizes, flows, title=f"kept clusters across layers{' (' + label + ')' if label else ''}"
+                outside[(a, b)] = outside_counts(matches)
+            figure = plot_layer_flow(layers, sizes, flows, outside, title=f"kept clusters across layers{' (' + label + ')' if label else ''}"
                                      f": bands = features matched one-to-one at decoder cosine >= {MIN_COSINE}")
             name = f"layer_flow{'_' + str(len(figures)) if others else ''}.png"
             figure.savefig(out_dir / name, dpi=100, bbox_inches="tight")

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.metrics import adjusted_mutual_info_score
 
 from featsweep.plots import plot_layer_flow
-from featsweep.reports.layers import MIN_COSINE, flow_counts, layer_section, match_layers
+from featsweep.reports.layers import MIN_COSINE, flow_counts, layer_section, match_layers, outside_counts
 from helpers import artifacts, mlflow_runs, run_featsweep
 
 
@@ -71,11 +71,13 @@ def test_noisy_match_numbers_against_an_independent_computation():
 
 def test_the_flow_plot_draws_the_matching_table():
     feats_a, W_a, feats_b, W_b, _ = _layers(seed=2, noise=2.0)
+    feats_b["kept"] = feats_b["cluster"] != 5  # cluster 0's counterpart is not kept at b: its matches go outside
     _, matches = match_layers(feats_a, W_a, feats_b, W_b)
     flow = flow_counts(matches)
     sizes = {0: feats_a[feats_a.kept]["cluster"].value_counts().sort_index().to_dict(),
              1: feats_b[feats_b.kept]["cluster"].value_counts().sort_index().to_dict()}
-    fig = plot_layer_flow([0, 1], sizes, {(0, 1): flow})
+    away = outside_counts(matches)
+    fig = plot_layer_flow([0, 1], sizes, {(0, 1): flow}, {(0, 1): away})
     bands = [p for p in fig.axes[0].patches if isinstance(p, Polygon) and p.get_label().startswith("L0:")]
     drawn = {}
     for band in bands:
@@ -84,8 +86,11 @@ def test_the_flow_plot_draws_the_matching_table():
         left = xy[np.isclose(xy[:, 0], xy[:, 0].min()), 1]
         assert left.max() - left.min() == pytest.approx(int(n))  # the band is as wide as its count
         drawn[name] = int(n)
-    assert drawn == {f"L0:{a}->L1:{b}": int(flow.loc[a, b]) for a in flow.index for b in flow.columns if flow.loc[a, b]}
-    assert drawn
+    expected = {f"L0:{a}->L1:{b}": int(flow.loc[a, b]) for a in flow.index for b in flow.columns if flow.loc[a, b]}
+    expected |= {f"L0:{a}->L1:outside": int(n) for a, n in away.items() if n}
+    assert drawn == expected and away.sum() > 0 and flow.to_numpy().sum() > 0
+    # the matched features whose partner is outside b's network, counted independently
+    assert away.sum() == (matches["matched"] & ~matches["feature_b"].isin(feats_b[feats_b.kept]["feature"])).sum()
 
 
 def test_a_one_layer_sweep_says_there_is_nothing_to_match(tmp_path):
