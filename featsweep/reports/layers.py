@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 from sklearn.metrics import adjusted_mutual_info_score
 
@@ -106,7 +107,7 @@ def _run_inputs(client, run_id: str, folder: Path) -> tuple[pd.DataFrame, object
     cfg = OmegaConf.load(local)
     try:
         features = pd.read_parquet(client.download_artifacts(run_id, FEATURES, str(folder)))
-    except Exception:
+    except (MlflowException, OSError):
         raise FeatsweepError(f"run {run_id} (sae.layer={cfg.sae.layer}) has no {FEATURES}: cross-layer matching needs "
                              "the network stage (stages=[task,attribution,network,...]).") from None
     return features, cfg

@@ -12,7 +12,7 @@ from sklearn.metrics import adjusted_mutual_info_score
 
 from featsweep.plots import plot_layer_flow
 from featsweep.reports.layers import MIN_COSINE, flow_counts, layer_section, match_layers, outside_counts
-from helpers import artifacts, mlflow_runs, run_featsweep
+from helpers import artifacts, compose_with, mlflow_runs, run_featsweep
 
 
 def _features(ids, clusters, kept_clusters):
@@ -53,7 +53,7 @@ def test_noisy_match_numbers_against_an_independent_computation():
     feats_a, W_a, feats_b, W_b, _ = _layers(seed=1, noise=2.2)
     row, matches = match_layers(feats_a, W_a, feats_b, W_b)
     kept = feats_a[feats_a["kept"]].sort_values("feature")
-    unit = lambda W: W / np.linalg.norm(W, axis=1, keepdims=True)  # noqa: E731
+    unit = lambda W: W / np.linalg.norm(W, axis=1, keepdims=True)
     cos = unit(W_a[kept["feature"]]) @ unit(W_b).T
     assert row["frac_top1"] == pytest.approx(np.mean(cos.max(axis=1) >= MIN_COSINE))
     np.testing.assert_allclose(matches["top1_cosine"], cos.max(axis=1))
@@ -97,6 +97,22 @@ def test_a_one_layer_sweep_says_there_is_nothing_to_match(tmp_path):
     table = pd.DataFrame({"sae.layer": [3], "run_id": ["x"]})
     assert "nothing to match" in layer_section(None, table, [], tmp_path, overrides="stages=[task] sae.layer=3")
     assert layer_section(None, table, [], tmp_path, overrides="steering.factor=1,2") == ""
+
+
+def test_a_layer_sweep_without_the_network_stage_says_what_is_missing(tmp_path):
+    from omegaconf import OmegaConf
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("x", artifact_location=str(tmp_path / "artifacts"))
+    ids = []
+    for layer in (2, 3):
+        run = client.create_run(experiment).info.run_id
+        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(compose_with([f"sae.layer={layer}"])))
+        client.log_artifact(run, str(tmp_path / "config.yaml"), "config")
+        ids.append(run)
+    table = pd.DataFrame({"sae.layer": [2, 3], "run_id": ids})
+    note = layer_section(client, table, ["sae.layer"], tmp_path / "compare")
+    assert "has no tables/features.parquet" in note and "stages=[task,attribution,network" in note
 
 
 def test_an_organism_layer_sweep_puts_the_cross_layer_flow_on_the_compare_page(tmp_path):
