@@ -10,15 +10,19 @@ token ids (BOS + 11 tokens); single-feature conditions in negative mode, gen_max
                                                        # few-shot athletes prompts of experiment=smollm2
 
 With ``--model smollm2`` the subject and task are the real ones of ``experiment=smollm2`` (30 Llama blocks, SAE at
-layer 12, 100 prompts of ~60 tokens with a 4-shot prefix); the engine runs TransformerLens's blocks there (the
-fused tail covers plain GPT-2-style blocks only). ``speedup_last`` is measured as for GPT-2; the preset's own
-positions (non_prefix: the ~11 positions after the shared prefix) are reported on an extra line.
+layer 12, 100 prompts of ~60 tokens with a 4-shot prefix); the engine runs the fused Llama tail there
+(``featsweep.engines.fused_llama``). ``speedup_last`` is measured as for GPT-2; the preset's own positions
+(non_prefix: the ~11 positions after the shared prefix) are reported on an extra line.
+
+Wherever the engine has a fused tail, the same engine (same cached clean pass, same rows per forward) is also run
+on TransformerLens's own blocks, side by side in this process: ``speedup_vs_tl_blocks`` (positions=all; and
+``speedup_vs_tl_blocks_non_prefix`` for smollm2) is its run time over the fused tail's.
 
 Prints the speed-up for positions=all and positions=last, the engine's achieved GFLOP/s (analytic
 count of the matmuls the engine does: blocks L.. + the final unembed; for positions=all) against a
 float32 matmul peak measured in the same process (at the start and again just before each engine run, since
 the machine may be shared; the JSON reports the best peak, the conservative choice), and, as its last line, JSON:
-{"speedup_all": x, "speedup_last": y, "engine_gflops": g, "matmul_peak_gflops": p}.
+{"speedup_all": x, "speedup_last": y, "engine_gflops": g, "matmul_peak_gflops": p, "speedup_vs_tl_blocks": s}.
 """
 
 from __future__ import annotations
@@ -174,6 +178,14 @@ def main(argv=None) -> dict:
         peaks.append(matmul_peak())  # the machine is shared: also measure the peak next to the engine run
         engine, t_init = timed(lambda: SteeringEngine(subject, task, cfg, scales))
         eng, t_run = timed(lambda: engine.run(conditions, progress=False))
+        t_tl = None
+        if engine.fused:  # the same engine (same cache and rows) on TransformerLens's own blocks
+            fused, engine._fused = engine._fused, None
+            tl, t_tl = timed(lambda: engine.run(conditions, progress=False))
+            engine._fused = fused
+            print(f"positions={positions}: engine run on TransformerLens blocks {t_tl:.2f} s, fused tail {t_run:.2f} s: "
+                  f"{t_tl / t_run:.2f}x (max |logit_diff difference| "
+                  f"{float(np.abs(tl['logit_diff'] - eng['logit_diff']).max()):.1e})", flush=True)
         firsts = [first_steered(SteeringPositions(positions), int(n), task.prefix_len) for n in task.lengths]
         q = int(max(task.lengths) - min(firsts))  # the longest group's recomputed positions
         print(f"positions={positions}: engine {'fused' if engine.fused else 'TransformerLens'} blocks, "
@@ -184,7 +196,8 @@ def main(argv=None) -> dict:
         err = float(np.abs(ref["logit_diff"] - eng["logit_diff"]).max())
         flops = sum(engine_flops(mcfg, subject.layer, int(n), f, len(conditions)) for n, f in zip(task.lengths, firsts))
         gflops = flops / t_run / 1e9
-        report[positions] = dict(t_ref=t_ref, t_eng=t_eng, speedup=t_ref / t_eng, gflops=gflops, err=err, peak=peaks[-1])
+        report[positions] = dict(t_ref=t_ref, t_eng=t_eng, speedup=t_ref / t_eng, gflops=gflops, err=err, peak=peaks[-1],
+                                 vs_tl=None if t_tl is None else t_tl / t_run)
         print(f"positions={positions}: reference {t_ref:.2f} s ({t_ref / len(conditions) * 1e3:.0f} ms/condition), "
               f"engine {t_eng:.2f} s (cache {t_init:.2f} s + run {t_run:.2f} s), speed-up {t_ref / t_eng:.1f}x, "
               f"engine {gflops:.1f} GFLOP/s ({gflops / peaks[-1]:.0%} of the {peaks[-1]:.1f} GFLOP/s peak measured just "
@@ -195,6 +208,9 @@ def main(argv=None) -> dict:
         "engine_gflops": round(report["all"]["gflops"], 1),
         "matmul_peak_gflops": round(max(peaks), 1),  # conservative: the best of the peaks measured in this run
     }
+    for positions, key in (("all", "speedup_vs_tl_blocks"), ("non_prefix", "speedup_vs_tl_blocks_non_prefix")):
+        if report.get(positions, {}).get("vs_tl") is not None:  # engine run time, TransformerLens blocks / fused tail
+            result[key] = round(report[positions]["vs_tl"], 2)
     print(json.dumps(result))
     return result
 

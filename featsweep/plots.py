@@ -1,5 +1,5 @@
-"""Every figure featsweep makes. Each function takes plain data and returns a matplotlib Figure;
-the pipeline writes it to a file and logs it under ``plots/``."""
+"""Every figure a run's stages make. Each function takes plain data and returns a matplotlib Figure; the
+pipeline writes it to a file and logs it under ``plots/``. A sweep's figures are in ``featsweep.reports.figures``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 CLUSTER_CMAP = "tab10"
 
 
-def _cluster_colour(cluster: int, kept: list[int]):
+def cluster_colour(cluster: int, kept: list[int]):
     """Kept clusters get a tab10/tab20 colour in their order; everything else is light grey."""
     if cluster in kept:
         cmap = plt.get_cmap("tab10" if len(kept) <= 10 else "tab20")
@@ -49,8 +49,8 @@ def plot_corr_heatmap(corr: pd.DataFrame, title: str = "feature attribution corr
             rows = [i for i, f in enumerate(order) if partition[f] == cluster]
             if rows:
                 start, size = rows[0] - 0.5, len(rows)
-                ax.add_patch(plt.Rectangle((start, start), size, size, fill=False, lw=1.6, ec=_cluster_colour(cluster, kept)))
-                ax.text(start + size + 0.5, start + size / 2, f"c{cluster}", color=_cluster_colour(cluster, kept),
+                ax.add_patch(plt.Rectangle((start, start), size, size, fill=False, lw=1.6, ec=cluster_colour(cluster, kept)))
+                ax.text(start + size + 0.5, start + size / 2, f"c{cluster}", color=cluster_colour(cluster, kept),
                         fontsize=7, va="center", fontweight="bold")
     if n <= 60:
         ax.set_xticks(range(n), [str(f) for f in order], rotation=90, fontsize=6)
@@ -91,12 +91,12 @@ def plot_network(graph, partition: dict, kept: list[int], seed: int = 0, title: 
         pos = nx.spring_layout(graph, seed=seed, weight=weight, iterations=50)
     else:  # networkx's layout is O(n^2) Python/numpy per iteration (~30 s at 5,000 nodes); igraph's grid FR is C
         pos = _igraph_layout(graph, seed, weight)
-    colours = [_cluster_colour(partition[n], kept) for n in graph.nodes]
+    colours = [cluster_colour(partition[n], kept) for n in graph.nodes]
     nx.draw_networkx_edges(graph, pos, ax=ax, width=0.3, alpha=0.3)
     nx.draw_networkx_nodes(graph, pos, ax=ax, node_size=20, node_color=colours, linewidths=0)
     if graph.number_of_nodes() <= 60:
         nx.draw_networkx_labels(graph, pos, ax=ax, font_size=6)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=_cluster_colour(c, kept), label=f"cluster {c}") for c in kept]
+    handles = [plt.Line2D([], [], marker="o", ls="", color=cluster_colour(c, kept), label=f"cluster {c}") for c in kept]
     if handles:
         ax.legend(handles=handles, fontsize=7, loc="best")
     ax.set_title(f"{title} ({graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges)")
@@ -121,7 +121,7 @@ def plot_cluster_violins(features: pd.DataFrame, metrics: list[str], kept: list[
         if data and any(np.ptp(d) > 0 for d in data):
             parts = ax.violinplot(data, showmedians=True)
             for body, label in zip(parts["bodies"], labels):
-                body.set_facecolor(_cluster_colour(int(label), kept))
+                body.set_facecolor(cluster_colour(int(label), kept))
         elif data:
             ax.plot(range(1, len(data) + 1), [d.mean() for d in data], "o")
         ax.set_xticks(range(1, len(labels) + 1), labels)
@@ -176,7 +176,7 @@ def plot_performance_vs_centrality(features: pd.DataFrame, fits: dict, performan
     kept = kept if kept is not None else sorted(features["cluster"].unique().tolist())
     fig, axes = plt.subplots(1, len(centralities), figsize=(4 * len(centralities), 3.6), squeeze=False)
     for ax, cent in zip(axes[0], centralities):
-        colours = [_cluster_colour(int(c), kept) for c in features["cluster"]]
+        colours = [cluster_colour(int(c), kept) for c in features["cluster"]]
         ax.scatter(features[cent], features[performance], c=colours, s=18, alpha=0.8)
         fit = fits.get(cent, {})
         if np.isfinite(fit.get("slope", np.nan)):
@@ -253,7 +253,7 @@ def plot_cluster_breakdown(single: pd.DataFrame, sets: pd.DataFrame, kept: list[
         part = within[within["clusters"] == str(c)] if len(within) else within
         if len(part):
             means = part.groupby("size")[set_performance].mean()
-            right.plot(means.index, means.values, "o-", color=_cluster_colour(c, kept), label=f"cluster {c}")
+            right.plot(means.index, means.values, "o-", color=cluster_colour(c, kept), label=f"cluster {c}")
     if len(within):
         right.set_xticks(sorted(int(v) for v in within["size"].unique()))  # set sizes are whole numbers
         _baseline(right, baseline, within[set_performance])
@@ -302,86 +302,6 @@ def plot_linear_vs_exact(linear, exact, r: float, title: str = "", factor: float
     return fig
 
 
-# ---- sweep (compare) figures ------------------------------------------------------------
-
-
-GROUP_OF = {"h1.": "H1", "network.": "H1", "h2.": "H2", "h3.": "H3", "h4.": "H4", "cooc.": "H4", "task.": "task",
-            "steering.": "steering"}
-
-
-def _hypothesis(metric: str) -> str:
-    return next((g for prefix, g in GROUP_OF.items() if metric.startswith(prefix)), "")
-
-
-def _real_value_axis(ax, values) -> None:
-    """Ticks at the swept values themselves (1, 10, 30), on a log axis when they span a factor of 20 or more."""
-    values = sorted(set(float(v) for v in values))
-    if values[0] > 0 and values[-1] / values[0] >= 20:
-        ax.set_xscale("log")
-    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(values))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([f"{v:g}" for v in values]))
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-
-
-def _panel(ax, table: pd.DataFrame, dim: str, metric: str, others: list[str]) -> None:
-    numeric_x = pd.api.types.is_numeric_dtype(table[dim])
-    labels = sorted(table[dim].astype(str).unique()) if not numeric_x else None
-    categorical_y = not pd.api.types.is_numeric_dtype(table[metric])
-    levels = sorted(table[metric].dropna().astype(str).unique()) if categorical_y else None
-    groups = table.groupby(others, dropna=False) if others else [("", table)]
-    for i, (key, part) in enumerate(groups):
-        part = part[[dim, metric]].dropna()
-        if part.empty:
-            continue
-        xs = part[dim] if numeric_x else part[dim].astype(str).map({lab: j for j, lab in enumerate(labels)})
-        ys = part[metric].astype(str).map({lev: j for j, lev in enumerate(levels)}) if categorical_y else part[metric]
-        order = np.argsort(xs.to_numpy(dtype=float), kind="stable")
-        keys = key if isinstance(key, tuple) else (key,)
-        label = ", ".join(f"{o}={k:g}" if isinstance(k, float) else f"{o}={k}" for o, k in zip(others, keys)) if others else None
-        ax.plot(xs.to_numpy(dtype=float)[order], ys.to_numpy(dtype=float)[order], "o-", color=f"C{i % 10}", label=label, ms=5)
-    if numeric_x:
-        _real_value_axis(ax, table[dim].dropna())
-    else:
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
-    if categorical_y:
-        ax.set_yticks(range(len(levels)), levels, fontsize=7)
-    elif metric.endswith((".p", "_p", "p_adj", "p_partial")):
-        ax.axhline(0.05, color="red", lw=0.8, ls="--", label="p = 0.05")
-        ax.set_ylim(-0.03, 1.03)
-    elif metric.endswith(("_z", "effect_size", "_r")):
-        ax.axhline(0.0, color="grey", lw=0.8)
-        if metric.endswith("_z"):
-            ax.axhline(2.0, color="red", lw=0.8, ls="--", label="z = 2")
-    ax.set_xlabel(dim, fontsize=8)
-    ax.set_title(f"{_hypothesis(metric)}: {metric}", fontsize=9)
-    ax.tick_params(labelsize=7)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6, frameon=False)
-
-
-def plot_hypotheses(table: pd.DataFrame, dims: list[str], metrics: list[str], constant: dict, title: str = ""):
-    """The sweep's answer on one figure: each headline statistic (rows) against each swept dimension
-    (columns), with the swept values themselves on the axis. Other dimensions become one line each.
-    Statistics that did not vary are not drawn but listed under the figure."""
-    panels = [(m, d) for m in metrics for d in dims]
-    ncols = len(dims) if len(dims) > 1 else min(4, max(1, len(metrics)))
-    nrows = max(1, int(np.ceil(len(panels) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.6 * nrows + 0.9), squeeze=False)
-    for ax, (metric, dim) in zip(axes.flat, panels):
-        _panel(ax, table, dim, metric, [d for d in dims if d != dim])
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_axis_off()
-    if not panels:
-        axes[0][0].text(0.5, 0.5, "no headline statistic varies across these runs", ha="center", va="center")
-    fig.suptitle(f"H1-H3 across the sweep{': ' + title if title else ''} ({len(table)} runs)", fontsize=11)
-    if constant:
-        items = [f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in constant.items()]
-        lines = [", ".join(items[i : i + 5]) for i in range(0, len(items), 5)]
-        fig.text(0.01, 0.0, "Same in every run (not drawn): " + "\n".join(lines), fontsize=7, va="top", wrap=True)
-    fig.tight_layout(rect=(0, 0.0, 1, 0.97))
-    return fig
-
-
 # ---- dictionary co-occurrence figures ---------------------------------------------------------
 
 
@@ -426,5 +346,3 @@ def plot_dictionary_communities(graph, communities: list[int], seed: int = 0, ma
         ax.set_title(f"community {cid}: {len(members)} latents{shown}", fontsize=9)
     if not communities:
         axes.flat[0].set_title("no dictionary community")
-    fig.tight_layout()
-    return fig

@@ -13,9 +13,7 @@ positions chosen by ``steering.positions`` (``all``, ``non_bos`` = every positio
 * ``mean_ablate``: ``x <- x + sum_i (mean_i - a_i(x)) d_i`` with ``mean_i`` the feature's mean
   activation over the task's non-BOS positions (:func:`mean_activations`). ``factor``/``scale`` do not apply.
 
-Activations ``a_i(x)`` are always those of the unsteered residual at that position.
-
-Two implementations that must agree (``tests/engines/test_intervention.py`` checks every mode x scale x positions):
+Activations ``a_i(x)`` are always those of the unsteered residual at that position. Two implementations that must agree (``tests/engines/test_intervention.py`` checks every mode x scale x positions):
 
 * :func:`reference_run`: the plain approach, one full forward pass with a TransformerLens hook per condition.
 * :class:`SteeringEngine`: runs the model up to the hook once per prompt length and caches the
@@ -24,8 +22,8 @@ Two implementations that must agree (``tests/engines/test_intervention.py`` chec
   ``steering.token_budget`` tokens (rows x recomputed positions) per forward, chosen from the model's
   shape when null (:func:`auto_token_budget`); ``steering.batch_size`` fixes the row count instead.
   Plain pre-norm blocks (LayerNorm, learned positions, standard attention and MLP, e.g. GPT-2 and the
-  organism) run as a few fused ops (:class:`_FusedBlock`: ``F.layer_norm``, one Q/K/V matmul,
-  ``scaled_dot_product_attention``, one-pass GELU); other architectures run TransformerLens's blocks.
+  organism) run as a few fused ops (:class:`_FusedBlock`: ``F.layer_norm``, one Q/K/V matmul, SDPA, one-pass
+  GELU), Llama-style ones too (``engines.fused_llama``); other architectures run TransformerLens's blocks.
   Positions before the first steered one are unchanged, so their keys/values are reused from the
   clean pass (frozen TransformerLens KV-cache entries) and only the later positions are recomputed:
   with ``positions=last`` only the last position goes through the tail. In the final block only the
@@ -50,7 +48,8 @@ from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValue
 
 from featsweep.config import SteeringEngineKind, SteeringMode, SteeringPositions, SteeringScale
 from featsweep.errors import FeatsweepError
-from featsweep.engines.fused_tail import _FusedBlock, _fused_ok, _kv_shortcut_ok, rows_per_chunk
+from featsweep.engines.fused_llama import fused_tail  # picks the GPT-2 or the Llama tail
+from featsweep.engines.fused_tail import _kv_shortcut_ok, rows_per_chunk
 from featsweep.results import PERFORMANCE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -250,8 +249,8 @@ class SteeringEngine:
         self._W_U_t = model.unembed.W_U.T.contiguous()
         self._b_U = model.unembed.b_U
         self._kv_shortcut = _kv_shortcut_ok(mcfg)
-        # plain pre-norm blocks run as a few fused ops (same function; see _FusedBlock); others as TL blocks
-        self._fused = [_FusedBlock(b, mcfg) for b in self.blocks] if _fused_ok(model) else None
+        # GPT-2- and Llama-style blocks run as a few fused ops (same function; see fused_tail); others as TL blocks
+        self._fused = fused_tail(model, self.blocks)
         self.fused = self._fused is not None
         self._logit_rows = max(1, LOGITS_BYTES // (4 * int(mcfg.d_vocab)))
         self.groups: list[_Group] = []

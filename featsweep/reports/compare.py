@@ -32,11 +32,12 @@ import pandas as pd
 from mlflow.entities import Metric, Param
 
 from featsweep.errors import FeatsweepError
-from featsweep.plots import plot_hypotheses
+from featsweep.reports.figures import plot_hypotheses
 from featsweep.hypotheses.stats import adjust_pvalues
 from featsweep.tracking.store import mask
 from featsweep.reports.sweep_report import render_report, report_link, ui_command
 from featsweep.tracking.run import client_for
+from featsweep.reports.layers import layer_section
 
 # The statistics that answer H1-H3 (and the context needed to read them), in the order they are shown: the
 # numbers the verdict rules of featsweep.verdicts read. Every name is one that runs log (tests/test_glossary.py).
@@ -162,7 +163,10 @@ def write_summary(client, runs: pd.DataFrame, out_dir: Path, parent: Optional[st
     figure.savefig(out_dir / "hypotheses.png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     links = {r.run_id: report_link(str(r.artifact_uri), str(r.experiment_id), r.run_id) for r in runs.itertuples()}
-    (out_dir / "report.html").write_text(render_report(summary, dims, constant, out_dir / "hypotheses.png", title, links))
+    overrides = client.get_run(parent).data.tags.get("featsweep.sweep_overrides", "") if parent else ""
+    extra = layer_section(client, table, dims, out_dir, overrides)  # "" unless sae.layer was swept
+    (out_dir / "report.html").write_text(render_report(summary, dims, constant, out_dir / "hypotheses.png", title, links,
+                                                       extra))
     if parent:
         client.log_artifacts(parent, str(out_dir), "compare")
         client.set_tag(parent, "featsweep.compare.n_runs", str(len(table)))

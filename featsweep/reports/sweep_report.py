@@ -125,8 +125,9 @@ def _table(summary: pd.DataFrame, links: Optional[dict] = None) -> str:
 
 
 def render_report(summary: pd.DataFrame, dims: list[str], constant: dict, figure: Path, title: str = "",
-                  links: Optional[dict] = None) -> str:
-    """The whole page: what was swept, the figure, the headline table, and what did not change."""
+                  links: Optional[dict] = None, extra: str = "") -> str:
+    """The whole page: what was swept, the figure, the headline table, what did not change, and ``extra``
+    (HTML sections such as the cross-layer flow of an sae.layer sweep)."""
     image = base64.b64encode(Path(figure).read_bytes()).decode()
     fixed = "".join(f"<li><code>{html.escape(k)}</code> = {_cell(v)}</li>" for k, v in constant.items())
     swept = ", ".join(f"<code>{html.escape(d)}</code>" for d in dims) or "nothing (the runs share every parameter)"
@@ -141,6 +142,7 @@ def render_report(summary: pd.DataFrame, dims: list[str], constant: dict, figure
 {_table(summary, links)}
 <h3>Did not vary across the sweep</h3>
 <ul>{fixed or "<li>(none)</li>"}</ul>
+{extra}
 </body></html>
 """
 

@@ -243,7 +243,7 @@ def test_fused_and_transformer_lens_blocks_agree(tiny_subject, tiny_task, setup,
 
 
 def test_unsupported_blocks_use_transformer_lens():
-    from featsweep.engines.intervention import _fused_ok
+    from featsweep.engines.fused_tail import _fused_ok
 
     assert _fused_ok(gelu_new_subject().model)
     rms = gelu_new_subject().model
@@ -301,11 +301,14 @@ def llama():
 @pytest.mark.parametrize("mode,scale,positions", list(itertools.product(MODES, SCALES, POSITIONS + ["non_prefix"])))
 def test_engine_matches_reference_on_llama_blocks(llama, mode, scale, positions):
     """Rotary keys are cached unrotated and rotated with the query's offset, so the frozen clean keys/values
-    and the last-block shortcut stay exact on Llama-style blocks (TransformerLens blocks, not the fused tail)."""
+    and the last-block shortcut stay exact on Llama-style blocks: the fused Llama tail and TransformerLens's
+    own blocks both equal the plain reference hook."""
     assert llama.task.prefix_len >= 4
     scales = steering_scales(scale, llama.subject.d_sae, llama.gen_max, llama.attrs)
     conds = [Condition((3,), 4.0), Condition((5, 11), -3.0), Condition((40, 3, 7), 2.0)]
     cfg = SteeringConfig(mode=mode, scale=scale, positions=positions, token_budget=24)
     engine = SteeringEngine(llama.subject, llama.task, cfg, scales, llama.means)
-    assert not engine.fused and engine._kv_shortcut
+    assert engine.fused and engine._kv_shortcut
+    assert_engine_matches_reference(llama.subject, llama.task, cfg, scales, conds, llama.means, engine=engine)
+    engine._fused = None  # TransformerLens blocks with frozen key/value cache entries
     assert_engine_matches_reference(llama.subject, llama.task, cfg, scales, conds, llama.means, engine=engine)

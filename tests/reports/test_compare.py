@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from featsweep.hypotheses import verdicts
 from featsweep.reports.compare import full_table, headline_table, varying
 from featsweep.tracking.naming import parent_run_name, swept_keys
-from featsweep.plots import plot_hypotheses
+from featsweep.reports.figures import plot_hypotheses
 from featsweep.reports.sweep_report import verdict_rules_html
 from helpers import QUICK, artifacts, mlflow_runs, run_featsweep
 

@@ -97,14 +97,38 @@ COMBOS = [(mode, SCALES[i % len(SCALES)], positions)
 @pytest.mark.parametrize("mode,scale,positions", COMBOS)
 def test_engine_matches_reference(subject, task, inputs, mode, scale, positions):
     """The engine's frozen clean keys/values and last-block shortcut are exact with rotary positions, RMSNorm
-    and grouped-query attention (TransformerLens's own blocks run the tail)."""
+    and grouped-query attention (the fused Llama tail runs the blocks)."""
     gen_max, attrs, means, active = inputs
     scales = steering_scales(scale, subject.d_sae, gen_max, attrs)
     conds = [Condition((active[0],), 6.0), Condition(tuple(active[1:4]), -3.0)]
     cfg = SteeringConfig(mode=mode, scale=scale, positions=positions)
     engine = SteeringEngine(subject, task, cfg, scales, means)
-    assert not engine.fused and engine._kv_shortcut
+    assert engine.fused and engine._kv_shortcut
     assert_engine_matches_reference(subject, task, cfg, scales, conds, means, engine=engine)
+
+
+def test_fused_llama_blocks_equal_transformer_lens_blocks(subject, task):
+    """Each fused block of SmolLM2 after the SAE's layer equals TransformerLens's block to ~1e-5 (float32), on the
+    real residual stream, with the prompt's first half as a frozen unrotated key/value cache."""
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+    from featsweep.engines.fused_llama import FusedLlamaBlock
+
+    model = subject.model
+    tokens = task.tokens[0][None]
+    half = tokens.shape[1] // 2
+    with torch.inference_mode():
+        x = model(tokens, stop_at_layer=subject.layer)
+        for block in list(model.blocks)[subject.layer:]:
+            entry = TransformerLensKeyValueCacheEntry.init_cache_entry(model.cfg, "cpu", 1)
+            block(x[:, :half], past_kv_cache_entry=entry)
+            past_k, past_v = entry.past_keys.clone(), entry.past_values.clone()
+            want = block(x[:, half:], past_kv_cache_entry=TransformerLensKeyValueCacheEntry(
+                past_keys=past_k.clone(), past_values=past_v.clone(), frozen=True))
+            got = FusedLlamaBlock(block, model.cfg)(x[:, half:], past_k, past_v)
+            scale = want.abs().max()
+            assert (got - want).abs().max() <= 1e-5 * max(1.0, float(scale)), float((got - want).abs().max())
+            x = block(x)
 
 
 def test_task_stage_offline(tmp_path):
