@@ -16,7 +16,8 @@ from featsweep.config import (AttributionConfig, ClusteringConfig, Config, Steer
                               to_container)
 from featsweep.errors import FeatsweepError
 
-GROUPS = ["model", "sae", "task", "attribution", "clustering", "steering", "tracking", "experiment"]
+GROUPS = ["model", "sae", "task", "attribution", "corpus", "clustering", "cooccurrence", "steering", "tracking",
+          "experiment"]
 
 
 def options(group: str) -> list[str]:
@@ -24,14 +25,15 @@ def options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_config_composes(group, option):
+def test_every_config_composes(group, option, monkeypatch):
     overrides = [f"{group}={option}"]
+    monkeypatch.setenv("FEATSWEEP_TRACKING_URI", "postgresql://user:secret@localhost:5432/mlflow")  # tracking=postgres
     if group == "sae" and option != "organism":
         overrides.append("model=gpt2-small")
     cfg = compose_with(overrides)
     resolved = to_container(cfg)
     OmegaConf.merge(OmegaConf.structured(Config), resolved)  # validates against the schema again
-    assert resolved["tracking"]["uri"].startswith(("sqlite:////", "http"))  # absolute sqlite path or a server
+    assert resolved["tracking"]["uri"].startswith(("sqlite:////", "http", "postgresql://"))  # absolute path or a server
 
 
 def test_every_group_has_an_option():

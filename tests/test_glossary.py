@@ -12,7 +12,10 @@ from featsweep.reports.compare import HEADLINE, VERDICTS
 from helpers import REPO, run_featsweep
 
 GLOSSARY = REPO / "docs" / "metrics.md"
-QUICK_STATS = ["clustering.n_null=5", "clustering.n_bootstrap=3", "clustering.n_continuum=3", "steering.samples_per_size=4", "task.limit=40"]
+QUICK_STATS = ["clustering.n_null=5", "clustering.n_bootstrap=3", "clustering.n_continuum=3", "steering.samples_per_size=4", "task.limit=40",
+               # every stage, the optional cooccurrence stage too, so that every name a run can log is checked
+               "stages=[task,attribution,network,cooccurrence,steering]", "cooccurrence.n_permutations=19",
+               "cooccurrence.n_matched=19"]
 
 
 def glossary_patterns() -> list[str]:
@@ -59,7 +62,7 @@ def test_every_logged_metric_and_tag_is_in_the_glossary(store):
     assert len(runs) == 4  # the single run, the parent and its two jobs
     assert any(r.data.tags.get("featsweep.role") == "sweep" for r in runs)
     names = {name for r in runs for name in [*r.data.metrics, *r.data.tags]}
-    assert {"h2.p", "h3.betweenness.p_partial", "sweep.h2.p.min"} <= names  # all stages and the parent ran
+    assert {"h2.p", "h3.betweenness.p_partial", "h4.verdict", "cooc.n_pairs", "sweep.h2.p.min"} <= names  # every stage ran
     assert uncovered(names) == []
     parent_params = {k for r in runs if r.data.tags.get("featsweep.role") == "sweep" for k in r.data.params}
     assert uncovered(parent_params - {"steering.factor"}) == []

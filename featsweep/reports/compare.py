@@ -109,7 +109,7 @@ def full_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def headline_table(table: pd.DataFrame, dims: list[str]) -> pd.DataFrame:
     """summary.csv: the swept dimensions first, then the per-run verdicts and the headline metrics, then the run."""
-    present = [c for c in VERDICTS + HEADLINE if c in table]
+    present = [c for c in VERDICTS + HEADLINE if c in table and table[c].notna().any()]  # no empty columns
     return table[[*dims, *present, "run_name", "run_id"]]
 
 

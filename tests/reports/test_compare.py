@@ -63,7 +63,7 @@ def test_the_reading_guide_is_the_verdict_module():
                  "<code>h2.within_vs_random.p</code>", "<code>h3.&lt;c&gt;.p_partial &lt; ALPHA</code>",
                  f"<code>ALPHA</code> = {verdicts.ALPHA}"):
         assert text in rules
-    assert rules.count("<li>") == 3  # one rule per hypothesis
+    assert rules.count("<li>") == 4  # one rule per hypothesis, H1-H4
 
 
 def test_a_run_logs_csv_tables_its_task_as_a_dataset_and_who_ran_what(quick_sweep):
