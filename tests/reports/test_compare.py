@@ -92,7 +92,8 @@ def test_parent_logs_the_one_page_and_its_dimensions(quick_sweep):
     assert not any(p.startswith("compare/plots/") for p in logged)  # no directory of one PNG per metric
     summary = pd.read_csv(client.download_artifacts(parent["run_id"], "compare/summary.csv", str(work)))
     # dimensions first, then the verdicts, then the headline
-    assert list(summary.columns[:5]) == ["steering.factor", "h1.verdict", "h2.verdict", "h3.verdict", "task.accuracy"]
+    assert list(summary.columns[:6]) == ["steering.factor", "h1.verdict", "h2.verdict", "h3.verdict", "h4.verdict",
+                                         "task.accuracy"]
     assert summary["steering.factor"].tolist() == [1.0, 10.0]
     assert parent["params.steering.factor"] == "1,10" and parent["params.sweep.dimensions"] == "steering.factor"
     assert parent["metrics.sweep.n_runs"] == 2
