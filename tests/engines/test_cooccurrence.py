@@ -234,6 +234,7 @@ FAST = ["stages=[attribution,network,cooccurrence]", "task.limit=40", "clusterin
         "clustering.n_bootstrap=0", "cooccurrence.n_permutations=50", "cooccurrence.n_matched=50"]
 
 
+@pytest.mark.slow  # a real multirun of whole jobs (minutes); CI runs the slow tier
 def test_a_sweep_over_the_unit_logs_both_jobs(tmp_path):
     proc = run_featsweep(tmp_path, "-m", *FAST, "cooccurrence.unit=token,window")
     assert proc.returncode == 0, proc.stderr[-3000:]

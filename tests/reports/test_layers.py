@@ -115,6 +115,7 @@ def test_a_layer_sweep_without_the_network_stage_says_what_is_missing(tmp_path):
     assert "has no tables/features.parquet" in note and "stages=[task,attribution,network" in note
 
 
+@pytest.mark.slow  # a real multirun of whole jobs (minutes); CI runs the slow tier
 def test_an_organism_layer_sweep_puts_the_cross_layer_flow_on_the_compare_page(tmp_path):
     proc = run_featsweep(tmp_path, "-m", "stages=[task,attribution,network]", "task.limit=60", "clustering.n_null=0",
                          "clustering.n_bootstrap=0", "clustering.n_rewire=0", "sae.layer=2,3")
