@@ -346,3 +346,5 @@ def plot_dictionary_communities(graph, communities: list[int], seed: int = 0, ma
         ax.set_title(f"community {cid}: {len(members)} latents{shown}", fontsize=9)
     if not communities:
         axes.flat[0].set_title("no dictionary community")
+    fig.tight_layout()
+    return fig
