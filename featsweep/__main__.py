@@ -83,8 +83,10 @@ def job(cfg: DictConfig) -> None:
     try:
         outcome = pipeline.run(cfg, typed=typed)
     except FeatsweepError as err:
+        signals.raise_if_received(err)
         return _fail(str(err), multirun)
     except Exception as err:
+        signals.raise_if_received(err)
         log.exception("Job failed")  # the traceback, once (console and log file)
         if multirun:
             hydra_cfg = HydraConfig.get()

@@ -375,6 +375,11 @@ class JobRun:
             self._write_journal(status, error)  # now marked as not logged
             if exc is None:
                 raise
+        except Exception as err:
+            if not interrupted:
+                raise
+            # the signal must still end the process; the journal on disk keeps the status for an upload
+            log.warning("Could not close run %s after %s: %s", self.run_id, interrupted[1], err)
         return False
 
     def _write_journal(self, status: str, error: Optional[str]) -> None:

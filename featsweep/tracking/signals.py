@@ -3,15 +3,26 @@ is turned into ``Terminated``, a ``SystemExit`` with status 128 + signal number 
 ``with``/``finally`` block runs: the job's run ends KILLED with the tag ``featsweep.signal=SIGTERM``,
 the sweep's parent run is closed, and the process exits non-zero without a traceback. Ctrl-C
 (``KeyboardInterrupt``) ends the run FAILED with ``featsweep.signal=SIGINT`` and exit status 130.
+
+A signal that arrives while the main thread is inside the tracking store (SQLAlchemy, sqlite3, MLflow's
+store code) is delivered again a moment later, after that call returns: raising in the middle of a
+write leaves the SQLite database locked, and the closing writes would then fail.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
+import time
 
 SIGNAL_TAG = "featsweep.signal"
 received: str | None = None  # the name of the signal that is ending this process, once one arrived
+STORE_MODULES = ("sqlalchemy", "sqlite3", "mlflow.store")
+REDELIVER_AFTER_S = 0.05
+DEFER_AT_MOST_S = 10.0  # a store call that hangs longer than this is interrupted anyway
+_deferred_since: float | None = None
 
 
 class Terminated(SystemExit):
@@ -23,9 +34,25 @@ class Terminated(SystemExit):
         self.name = signal.Signals(signum).name
 
 
+def inside_store(frame) -> bool:
+    """Whether the interrupted code is, at any depth, a call into the tracking store."""
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(STORE_MODULES):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _raise_terminated(signum, frame) -> None:
-    global received
+    global received, _deferred_since
     received = signal.Signals(signum).name
+    now = time.monotonic()
+    if inside_store(frame) and now - (_deferred_since or now) < DEFER_AT_MOST_S:
+        _deferred_since = _deferred_since or now
+        again = threading.Timer(REDELIVER_AFTER_S, os.kill, (os.getpid(), signum))
+        again.daemon = True
+        again.start()
+        return
     signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
     print(f"featsweep: received {signal.Signals(signum).name}; closing the run(s) and stopping.", file=sys.stderr, flush=True)
     raise Terminated(signum)
@@ -46,4 +73,13 @@ def interruption(exc: BaseException | None) -> tuple[str, str] | None:
         return "KILLED", exc.name
     if isinstance(exc, KeyboardInterrupt):
         return "FAILED", "SIGINT"
+    if exc is not None and received is not None:  # native code turned the handler's Terminated into its own error
+        return "KILLED", received
     return None
+
+
+def raise_if_received(err: BaseException) -> None:
+    """A job's error after a signal arrived is that signal's doing (safetensors, for one, turns the
+    handler's ``Terminated`` into a ``ValueError``): end the process as the signal asks."""
+    if received is not None:
+        raise Terminated(signal.Signals[received]) from err
