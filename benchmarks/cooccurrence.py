@@ -1,7 +1,7 @@
 """Speed and memory of the corpus co-occurrence counter (featsweep/engines/cooccurrence.py). JSON last.
 
-    python benchmarks/cooccurrence.py                 # defaults below (a few minutes on 2 cores)
-    python benchmarks/cooccurrence.py --tokens 1000000
+    python benchmarks/cooccurrence.py                 # 1M synthetic tokens per size (~10 minutes on 2 cores)
+    python benchmarks/cooccurrence.py --tokens 200000  # quicker
 
 Sections, each in its own process (so each peak RSS is its own):
 
@@ -10,8 +10,9 @@ Sections, each in its own process (so each peak RSS is its own):
   torch matrix, measured side by side, and ``exact`` (the two give the same counts).
 * ``synthetic_<d>``: heavy-tailed synthetic codes with ~64 active latents per token at 24,576 and 65,536
   latents (independent latents: every co-firing is chance, the worst case for the pair count), ``--tokens``
-  tokens: seconds for counts + Jaccard + auto threshold + communities, stored pairs, peak RSS, and the bytes a
-  dense int64 d x d matrix would take; ``exact`` against a dense product on a 2,000-latent subset.
+  tokens: seconds for counts + Jaccard + auto threshold + communities (synthetic generation not timed), pairs kept
+  at the default floor, peak RSS, and the bytes a dense int64 d x d matrix would take; ``exact`` against a dense
+  product on a 2,000-latent subset (the counts, and the kept pairs against brute force).
 * ``gpt2_random_sae``: a random SAE Lens SAE of GPT-2 small's shape (768 -> 24,576, encoder bias set for ~64
   active latents per token) on ``--sae-tokens`` Gaussian residual vectors through ``CooccurrenceCounter.update``
   (the dense-activation entry point).
@@ -66,7 +67,7 @@ def peak_mb() -> float:
 def organism_section(n_tokens: int) -> dict:
     import torch
 
-    from featsweep.engines.cooccurrence import CooccurrenceCounter
+    from featsweep.engines.cooccurrence import CooccurrenceCounter, pair_counts
 
     d = 1024
     batches = list(synthetic_batches(d, 35, n_tokens, seed=0))
@@ -75,6 +76,7 @@ def organism_section(n_tokens: int) -> dict:
     for units, latents, n in batches:
         counter.add_codes(units, latents, n)
     counts = counter.result()
+    pairs, _ = pair_counts(counts, "jaccard", 0.0)  # a floor of 0: every pair that co-fired, to compare all
     sparse_s = time.perf_counter() - start
     dense = torch.zeros(d, d)
     start = time.perf_counter()
@@ -84,21 +86,30 @@ def organism_section(n_tokens: int) -> dict:
         dense += b.T @ b
     dense_s = time.perf_counter() - start
     dense = dense.numpy().astype(np.int64)
-    exact = bool(np.array_equal(np.triu(dense, 1), counts.pairs.toarray())
-                 and np.array_equal(np.diag(dense), counts.per_latent))
+    exact = bool(np.array_equal(np.triu(dense, 1), pairs.toarray()) and np.array_equal(np.diag(dense), counts.per_latent))
     return {"d_sae": d, "tokens": n_tokens, "sparse_tokens_per_s": n_tokens / sparse_s,
             "dense_tokens_per_s": n_tokens / dense_s, "sparse_over_dense_speed": dense_s / sparse_s,
-            "n_pairs": counts.pairs.nnz, "exact": exact, "peak_rss_mb": peak_mb()}
+            "n_pairs": pairs.nnz, "exact": exact, "peak_rss_mb": peak_mb()}
+
+
+def kept_reference(dense: np.ndarray, n_units: int, floor: float) -> np.ndarray:
+    """The kept pairs by brute force: the upper triangle of a dense count matrix where the Jaccard reaches the floor."""
+    from featsweep.engines.cooccurrence import measure_values
+
+    diag = np.diag(dense)
+    jaccard = measure_values(dense, diag[:, None], diag[None, :], n_units, "jaccard")
+    return np.triu(np.where((dense > 0) & (jaccard >= floor), dense, 0), 1)
 
 
 def synthetic_section(d: int, n_tokens: int) -> dict:
     from featsweep.engines.dictionary_graph import auto_threshold, build_dictionary_graph
-    from featsweep.engines.cooccurrence import CooccurrenceCounter, weights
+    from featsweep.engines.cooccurrence import CooccurrenceCounter, pair_counts
 
     import torch
 
+    floor = CooccurrenceConfig().floor
     counter = CooccurrenceCounter(d)
-    subset = np.random.default_rng(2).choice(d, 2000, replace=False)
+    subset = np.sort(np.random.default_rng(2).choice(d, 2000, replace=False))
     index = np.full(d, -1)
     index[subset] = np.arange(2000)
     dense = torch.zeros(2000, 2000, dtype=torch.float64)
@@ -114,12 +125,16 @@ def synthetic_section(d: int, n_tokens: int) -> dict:
             b[torch.as_tensor(units[keep]), torch.as_tensor(index[latents[keep]])] = 1.0
             dense += (b.T @ b).double()
         if k == EXACT_BATCHES - 1 or (exact is None and (k + 1) * BATCH >= n_tokens):
-            exact = bool(np.array_equal(counter.result().full(subset), dense.numpy().astype(np.int64)))
+            early = counter.result()
+            reference = dense.numpy().astype(np.int64)
+            kept = pair_counts(early, "jaccard", floor)[0][subset][:, subset].toarray()
+            exact = bool(np.array_equal(early.full(subset), reference)
+                         and np.array_equal(kept, kept_reference(reference, early.n_units, floor)))
     t = time.perf_counter()
     counts = counter.result()
+    pairs, w = pair_counts(counts, "jaccard", floor)
     count_s += time.perf_counter() - t
     t = time.perf_counter()
-    w = weights(counts, "jaccard")
     try:
         threshold, size = auto_threshold(w, 150, 200)
         graph = build_dictionary_graph(w, threshold, "leiden", 1.0, 0, size)
@@ -127,11 +142,11 @@ def synthetic_section(d: int, n_tokens: int) -> dict:
     except Exception as err:  # the target may be out of reach on chance co-firing: say so
         threshold, size, n_communities, note = float("nan"), 0, 0, str(err)
     graph_s = time.perf_counter() - t
-    return {"d_sae": d, "tokens": n_tokens, "l0": float(counts.per_latent.sum() / counts.n_units),
+    codes_mb = (counts.codes.data.nbytes + counts.codes.indices.nbytes + counts.codes.indptr.nbytes) / 2**20
+    return {"d_sae": d, "tokens": n_tokens, "l0": float(counts.per_latent.sum() / counts.n_units), "floor": floor,
             "seconds_counts": count_s, "seconds_graph": graph_s,
             "seconds_total_excluding_generation": count_s + graph_s, "tokens_per_s": n_tokens / count_s,
-            "n_pairs": counts.pairs.nnz, "counts_mb": (counts.pairs.data.nbytes + counts.pairs.indices.nbytes
-                                                       + counts.pairs.indptr.nbytes) / 2**20,
+            "n_pairs_kept": pairs.nnz, "codes_mb": codes_mb,
             "dense_int64_mb": d * d * 8 / 2**20, "edge_threshold": threshold, "largest_component": size,
             "n_communities": n_communities, "graph_note": note, "exact_2000_subset_first_8192_tokens": exact, "peak_rss_mb": peak_mb()}
 
@@ -139,7 +154,7 @@ def synthetic_section(d: int, n_tokens: int) -> dict:
 def gpt2_section(n_tokens: int) -> dict:
     import torch
 
-    from featsweep.engines.cooccurrence import CooccurrenceCounter
+    from featsweep.engines.cooccurrence import CooccurrenceCounter, pair_counts
     from featsweep.subjects.loading import random_sae
 
     torch.manual_seed(0)
@@ -154,10 +169,10 @@ def gpt2_section(n_tokens: int) -> dict:
             acts = sae.encode(torch.randn(rows, ctx, 768))
             counter.update(acts, torch.ones(rows, ctx, dtype=torch.bool))
     counts = counter.result()
+    pairs, _ = pair_counts(counts, "jaccard", CooccurrenceConfig().floor)
     seconds = time.perf_counter() - start
     return {"d_sae": 24576, "tokens": counts.n_tokens, "l0": float(counts.per_latent.sum() / counts.n_units),
-            "seconds_including_encode": seconds, "n_pairs": counts.pairs.nnz,
-            "counts_mb": (counts.pairs.data.nbytes + counts.pairs.indices.nbytes + counts.pairs.indptr.nbytes) / 2**20,
+            "seconds_including_encode": seconds, "n_pairs_kept": pairs.nnz,
             "dense_int64_mb": 24576**2 * 8 / 2**20, "peak_rss_mb": peak_mb()}
 
 
@@ -175,7 +190,7 @@ def isolated(name: str, *args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=200_000, help="synthetic tokens per large section")
+    parser.add_argument("--tokens", type=int, default=1_000_000, help="synthetic tokens per large section")
     parser.add_argument("--organism-tokens", type=int, default=100_000)
     parser.add_argument("--sae-tokens", type=int, default=8192)
     parser.add_argument("--sizes", type=int, nargs="+", default=[24576, 65536])
@@ -192,6 +207,11 @@ def main() -> None:
         print(f"synthetic_{d}:", out[f"synthetic_{d}"], flush=True)
     out["gpt2_random_sae"] = isolated("gpt2", args.sae_tokens)
     print("gpt2_random_sae:", out["gpt2_random_sae"], flush=True)
+    for d in args.sizes:  # the issue's target names: counts, normalisation, graph and communities; peak memory
+        out[f"seconds_{d}"] = out[f"synthetic_{d}"]["seconds_total_excluding_generation"]
+        out[f"peak_rss_mb_{d}"] = out[f"synthetic_{d}"]["peak_rss_mb"]
+    out["exact"] = bool(out["organism"]["exact"] and all(out[f"synthetic_{d}"]["exact_2000_subset_first_8192_tokens"]
+                                                         for d in args.sizes))
     print(json.dumps(out))
 
 

@@ -270,6 +270,7 @@ class CooccurrenceConfig:
     # edge when weight >= this (a number in (0, 1]), or "auto": the lowest weight at which the largest connected
     # component has at most auto_max_size latents, which must be at least auto_min_size (Clarke et al.: 150-200)
     edge_threshold: str = "auto"
+    floor: float = 0.01  # pairs with a lower weight are not kept (no edge can use them): at most edge_threshold
     auto_min_size: int = 150
     auto_max_size: int = 200
     algorithm: CommunityAlgorithm = CommunityAlgorithm.leiden  # dictionary communities
@@ -293,6 +294,11 @@ class CooccurrenceConfig:
             if not 0 < value <= 1:
                 _bad("cooccurrence.edge_threshold", self.edge_threshold, "use auto or a weight in (0, 1], e.g. "
                      "cooccurrence.edge_threshold=0.2")
+            if value < self.floor:
+                _bad("cooccurrence.edge_threshold", self.edge_threshold, f"pairs below cooccurrence.floor={self.floor} "
+                     "are not kept: raise the threshold or lower cooccurrence.floor")
+        if not 0 <= self.floor <= 1:
+            _bad("cooccurrence.floor", self.floor, "use a weight in [0, 1] (0 keeps every pair that co-fired)")
         _at_least("cooccurrence.auto_min_size", self.auto_min_size, 2)
         if self.auto_max_size < self.auto_min_size:
             _bad("cooccurrence.auto_max_size", self.auto_max_size, f"use at least cooccurrence.auto_min_size="

@@ -13,29 +13,40 @@ A latent is *active* where its activation exceeds ``cooccurrence.activation_thre
 SAE's own per-latent threshold when the SAE has one (Clarke's convention; the SAE's output is already 0 below
 its own threshold, so the offset is what matters).
 
-**Sparse, never dense.** Each batch's codes are a ``scipy.sparse`` CSR matrix built from the nonzero positions
-only (moved off the accelerator as index pairs), its product ``B.T @ B`` keeps only the pairs that fired
-together in the batch, and the running total keeps the strict upper triangle as int64 CSR plus the diagonal
-as a dense ``[d_sae]`` vector. Memory is ``12 bytes x`` the number of distinct co-firing pairs (reported as
-``cooc.n_pairs``), never ``d_sae^2``: at GPT-2 shape a dense int64 matrix would be 4.8 GB, and Li et al.'s
-65,536 latents 34 GB. The only dense arrays are the ``[rows, ctx, d_sae]`` activations the caller hands in
-and their boolean mask. Pairs are never dropped: the counts are exact (``benchmarks/cooccurrence.py``
-measures the pair count, hence the memory, on synthetic heavy-tailed codes at GPT-2 and 65k shape).
+**Sparse, never dense.** The counter keeps each batch's codes as index pairs (moved off the accelerator: 4 bytes
+per active latent per unit); at the end they form one ``scipy.sparse`` CSC matrix ``B`` [units, d_sae] of the whole
+corpus, from which ``C_ii`` is a column count. The pairs ``C_ij`` are counted from ``B`` in blocks of latents
+(:func:`pair_counts`): block ``I`` is ``B[:, I].T @ B``, one sparse product over the whole corpus (no running sum
+to merge) whose work is the block's own pair incidences; of it the pairs ``i < j`` are kept when their measure
+reaches ``cooccurrence.floor`` (0.01 by default). A block holds at most ``BLOCK_WORK`` pair incidences, which
+bounds its memory whatever ``d_sae``. Never a dense ``d_sae x d_sae`` array: at GPT-2 shape a dense int64 matrix
+would be 4.8 GB, at Li et al.'s 65,536 latents 34 GB.
 
-**Measures** (``cooccurrence.measure``) on the stored pairs: ``jaccard = C_ij / (C_ii + C_jj - C_ij)``;
+**Which pairs are dropped and why they cannot matter.** Only pairs whose measure is below the floor. The
+dictionary graph's edges need ``weight >= cooccurrence.edge_threshold``, and the threshold may not be set below
+the floor (the config refuses it; ``auto`` searches only kept weights), so a dropped pair can never be an edge.
+H4 and :func:`dense_weights` do not use the kept pairs at all: they count their small sets of latents exactly
+from ``B``. ``cooc.n_pairs`` is the number of kept pairs. On synthetic codes with 64 independent heavy-tailed
+latents per token almost every co-firing pair is chance with a Jaccard far below 0.01: at 200k tokens and
+24,576 latents 105M pairs co-fire, which as int64 CSR alone took 6.2 GB of peak memory before this floor.
+
+**Measures** (``cooccurrence.measure``): ``jaccard = C_ij / (C_ii + C_jj - C_ij)``;
 ``phi = (N C_ij - C_ii C_jj) / sqrt(C_ii (N - C_ii) C_jj (N - C_jj))`` with ``N`` the number of units. A pair
-that never co-fired has Jaccard 0 and a negative phi, so with a positive edge threshold no edge is lost by
-storing only the pairs that co-fired; :func:`dense_weights` gives the exact value of every pair of a small set.
+that never co-fired has Jaccard 0 and a negative phi, so with a positive floor none is kept;
+:func:`dense_weights` gives the exact value of every pair of a small set.
 
 The interface the corpus pass calls: ``counter = CooccurrenceCounter.from_config(cfg, d_sae, sae_threshold)``,
-``counter.update(acts, mask)`` per batch, ``counter.result()`` at the end; the corpus stage
+``counter.update(acts, mask)`` per batch, ``counter.result()`` at the end (the :class:`Counts`, cached with the
+corpus stage; pairs are counted from it by :func:`weights`); the corpus stage
 (``featsweep.stages.corpus.corpus_pass``) feeds it during its one streaming pass, so counting costs no second pass.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import numpy as np
@@ -45,39 +56,39 @@ from scipy import sparse
 from featsweep.config import CooccurrenceConfig, CoocMeasure, CoocUnit
 from featsweep.errors import FeatsweepError
 
-_MERGE_EVERY = 16  # batch products summed at once: one pass over the running total per 16 batches
+BLOCK_WORK = 10_000_000  # pair incidences per block of latents: bounds a block product's memory (~50 bytes each)
+MAX_INCIDENCES = 4e10  # ~10x the 1M-token benchmark's: beyond, the codes are dense and counting takes hours
 
 
 @dataclass
 class Counts:
-    """Exact co-occurrence counts of one corpus."""
+    """The binary codes of one corpus, from which every co-occurrence count is exact."""
 
-    pairs: sparse.csr_matrix  # [d_sae, d_sae] int64, strict upper triangle: C_ij (i < j) of pairs that co-fired
-    per_latent: np.ndarray  # [d_sae] int64: C_ii, the units each latent is active in
-    n_units: int  # N: tokens (unit=token) or windows (unit=window) counted
+    codes: sparse.csc_matrix  # [n_units, d_sae] int32: B[u, i] = 1 when latent i is active in unit u
     n_tokens: int  # valid token positions seen (equal to n_units for unit=token)
-    _symmetric: Optional[sparse.csr_matrix] = field(default=None, repr=False, compare=False)
 
     @property
     def d_sae(self) -> int:
-        return len(self.per_latent)
+        return self.codes.shape[1]
 
-    def symmetric(self) -> sparse.csr_matrix:
-        """``C`` with both triangles (diagonal empty), built once."""
-        if self._symmetric is None:
-            self._symmetric = (self.pairs + self.pairs.T).tocsr()
-        return self._symmetric
+    @property
+    def n_units(self) -> int:
+        """N: tokens (unit=token) or windows (unit=window) counted."""
+        return self.codes.shape[0]
+
+    @property
+    def per_latent(self) -> np.ndarray:
+        """``C_ii``: the units each latent is active in."""
+        return np.diff(self.codes.indptr).astype(np.int64)
 
     def full(self, latents: np.ndarray) -> np.ndarray:
         """The symmetric count matrix of a set of latents, dense ``[k, k]`` with ``C_ii`` on the diagonal."""
-        latents = np.asarray(latents, dtype=np.int64)
-        full = self.symmetric()[latents][:, latents].toarray()
-        full[np.diag_indices_from(full)] = self.per_latent[latents]
-        return full
+        columns = self.codes[:, np.asarray(latents, dtype=np.int64)]
+        return (columns.T @ columns).toarray().astype(np.int64)
 
 
 class CooccurrenceCounter:
-    """Accumulates ``B.T @ B`` over batches of SAE activations, sparsely (see the module docstring)."""
+    """Collects the binary codes of batches of SAE activations, sparsely (see the module docstring)."""
 
     def __init__(self, d_sae: int, unit: CoocUnit | str = "token", window: int = 16,
                  activation_threshold: float = 0.0, sae_threshold: Optional[torch.Tensor] = None):
@@ -88,11 +99,9 @@ class CooccurrenceCounter:
         if sae_threshold is not None:  # JumpReLU: the offset is added to each latent's own threshold
             threshold = threshold + sae_threshold.detach().float().cpu().reshape(-1)
         self.threshold = threshold
-        self.per_latent = np.zeros(self.d_sae, np.int64)
-        self.n_units = 0
         self.n_tokens = 0
-        self._total = sparse.csr_matrix((self.d_sae, self.d_sae), dtype=np.int64)
-        self._pending: list[sparse.csr_matrix] = []
+        self._latents: list[np.ndarray] = []  # per batch: the active latents, unit by unit
+        self._per_unit: list[np.ndarray] = []  # per batch: how many latents each unit has
 
     @classmethod
     def from_config(cls, cfg: CooccurrenceConfig, d_sae: int, sae_threshold: Optional[torch.Tensor] = None
@@ -128,33 +137,17 @@ class CooccurrenceCounter:
     def add_codes(self, unit: np.ndarray, latent: np.ndarray, n_units: int, n_tokens: Optional[int] = None) -> None:
         """Add ``n_units`` units given as the (unit, latent) index pairs of their active latents (no repeats):
         the sparse core of :meth:`update`, for callers that already hold sparse codes."""
-        self.n_units += int(n_units)
+        order = np.lexsort((latent, unit))
+        self._latents.append(np.asarray(latent)[order].astype(np.int32))
+        self._per_unit.append(np.bincount(np.asarray(unit, dtype=np.int64), minlength=int(n_units)))
         self.n_tokens += int(n_units if n_tokens is None else n_tokens)
-        if not len(latent):
-            return
-        # B.T as CSR (latents x units): its product with its transpose is C for this batch
-        bt = sparse.csr_matrix((np.ones(len(unit), np.int32), (latent, unit)), shape=(self.d_sae, int(n_units)))
-        self.per_latent += np.bincount(latent, minlength=self.d_sae)
-        self._pending.append(sparse.triu(bt @ bt.T, k=1, format="csr"))
-        if len(self._pending) >= _MERGE_EVERY:
-            self._merge()
-
-    def _merge(self) -> None:
-        """Sum the pending batch products among themselves first (small), then into the total once."""
-        if not self._pending:
-            return
-        batch = self._pending[0].astype(np.int64)
-        for part in self._pending[1:]:
-            batch = batch + part
-        self._total = self._total + batch
-        self._pending = []
 
     def result(self) -> Counts:
-        self._merge()
-        pairs = self._total.tocsr()
-        pairs.sum_duplicates()
-        pairs.eliminate_zeros()
-        return Counts(pairs=pairs, per_latent=self.per_latent.copy(), n_units=self.n_units, n_tokens=self.n_tokens)
+        per_unit = np.concatenate(self._per_unit) if self._per_unit else np.zeros(0, np.int64)
+        indices = np.concatenate(self._latents) if self._latents else np.zeros(0, np.int32)
+        indptr = np.concatenate([[0], np.cumsum(per_unit)])
+        codes = sparse.csr_matrix((np.ones(len(indices), np.int32), indices, indptr), shape=(len(per_unit), self.d_sae))
+        return Counts(codes=codes.tocsc(), n_tokens=self.n_tokens)
 
 
 def count_cooccurrence(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg: CooccurrenceConfig, d_sae: int,
@@ -164,6 +157,63 @@ def count_cooccurrence(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], cfg
     for acts, mask in batches:
         counter.update(acts, mask)
     return counter.result()
+
+
+def latent_blocks(counts: Counts, work: int) -> list[tuple[int, int]]:
+    """Consecutive latent ranges ``[a, b)`` whose pair incidences (units of ``i`` times their active latents,
+    summed over ``i``) stay within ``work``: a bound on each block product's size."""
+    codes = counts.codes
+    per_unit = np.bincount(codes.indices, minlength=codes.shape[0])
+    incidences = np.cumsum(codes.T @ per_unit.astype(np.float64))  # [d_sae], cumulative
+    blocks, a = [], 0
+    while a < counts.d_sae:
+        b = int(np.searchsorted(incidences, (incidences[a - 1] if a else 0.0) + work, side="right"))
+        b = min(max(b, a + 1), counts.d_sae)
+        blocks.append((a, b))
+        a = b
+    return blocks
+
+
+def pair_counts(counts: Counts, measure: CoocMeasure | str, floor: float, progress: bool = False,
+                work: int = BLOCK_WORK) -> tuple[sparse.csr_matrix, sparse.csr_matrix]:
+    """The kept pairs: ``(C, W)``, strict upper triangular CSR matrices of the counts (int64) and the measure
+    (float64) of every pair that co-fired with measure ``>= floor``; latents in blocks of ``work`` incidences,
+    one block per CPU core at a time (scipy's sparse product releases the GIL)."""
+    from tqdm.auto import tqdm
+
+    by_latent = counts.codes.T.tocsr()  # [d_sae, n_units] (the transpose of a CSC matrix: no copy)
+    by_unit = counts.codes.tocsr()  # [n_units, d_sae]
+    half = counts.d_sae // 2
+    upper_half = counts.codes[:, half:].tocsr()  # the latents j >= half: blocks past half skip a quarter of the work
+    per_latent = counts.per_latent
+
+    def kept_in(block: tuple[int, int]) -> tuple[np.ndarray, ...]:
+        a, b = block
+        first, right = (half, upper_half) if a >= half else (0, by_unit)
+        # the product's work is the block's own incidences: each row i walks only its units' latents (j >= first)
+        product = (by_latent[a:b] @ right).tocoo()  # [b - a, d_sae - first]: C[a + r, first + col]
+        i, j = product.row.astype(np.int64) + a, product.col.astype(np.int64) + first
+        upper = j > i  # each pair once, in the block of its smaller latent
+        i, j, c = i[upper], j[upper], product.data[upper].astype(np.int64)
+        w = measure_values(c, per_latent[i], per_latent[j], counts.n_units, measure)
+        keep = w >= floor
+        return i[keep], j[keep], c[keep], w[keep]
+
+    per_unit = np.diff(by_unit.indptr).astype(np.float64)
+    incidences = float(per_unit @ per_unit)  # sum over units of (active latents)^2: the work of all blocks
+    if incidences > MAX_INCIDENCES:
+        l0 = counts.per_latent.sum() / max(counts.n_units, 1)
+        raise FeatsweepError(
+            f"The codes are too dense to count pairs: {l0:.0f} of {counts.d_sae} latents are active per unit on average "
+            f"({incidences:.2g} pair incidences). Raise cooccurrence.activation_threshold, use fewer corpus.n_tokens, "
+            "or leave the cooccurrence stage out of stages=[...].")
+    blocks = latent_blocks(counts, work)
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        parts = list(tqdm(pool.map(kept_in, blocks), total=len(blocks), desc="co-occurrence pairs", unit="block",
+                          disable=not progress))
+    i, j, c, w = (np.concatenate(x) for x in zip(*parts)) if parts else (np.zeros(0, np.int64),) * 3 + (np.zeros(0),)
+    shape = (counts.d_sae, counts.d_sae)
+    return sparse.csr_matrix((c, (i, j)), shape=shape), sparse.csr_matrix((w, (i, j)), shape=shape)
 
 
 # ---- measures ---------------------------------------------------------------------------------------------
@@ -179,11 +229,9 @@ def measure_values(c: np.ndarray, ci: np.ndarray, cj: np.ndarray, n: int, measur
     return np.divide(n * c - ci * cj, denom, out=np.zeros_like(c), where=denom > 0)
 
 
-def weights(counts: Counts, measure: CoocMeasure | str) -> sparse.csr_matrix:
-    """The measure on every stored (co-fired) pair: a strict upper triangular CSR matrix of float64."""
-    coo = counts.pairs.tocoo()
-    values = measure_values(coo.data, counts.per_latent[coo.row], counts.per_latent[coo.col], counts.n_units, measure)
-    return sparse.csr_matrix((values, (coo.row, coo.col)), shape=coo.shape)
+def weights(counts: Counts, measure: CoocMeasure | str, floor: float) -> sparse.csr_matrix:
+    """The measure on every kept pair (co-fired, measure ``>= floor``): strict upper triangular CSR, float64."""
+    return pair_counts(counts, measure, floor)[1]
 
 
 def dense_weights(counts: Counts, latents: np.ndarray, measure: CoocMeasure | str) -> np.ndarray:

@@ -3,7 +3,8 @@
 Inputs: the :class:`~featsweep.engines.cooccurrence.Counts` of the corpus (cached per subject and counting
 settings), the subject (for logit-lens labels) and the task network (for H4; ``None`` when the network stage
 made none). Outputs ``cooc.*`` metrics, ``cooc/counts.npz``, ``cooc/communities.graphml``, the community and
-latent tables, two plots and the H4 metrics and verdict. Bad settings that leave no graph (an
+latent tables, two plots and the H4 metrics and verdict. Only pairs at or above ``cooccurrence.floor`` are
+counted into the graph and ``cooc/counts.npz``; H4 counts its latents exactly. Bad settings that leave no graph (an
 ``edge_threshold`` that leaves no edge, an ``auto`` search that cannot reach its range) are one line in the
 tag ``cooc.error`` and a warning; the counts, the latents table and H4's co-occurrence tests are still logged.
 """
@@ -27,16 +28,16 @@ from featsweep.errors import FeatsweepError
 from featsweep.hypotheses.h4 import h4_statistics
 from featsweep.stages.network import graphml_bytes
 from featsweep.results import Network, StageResult
-from featsweep.engines.cooccurrence import Counts, logit_lens_labels, weights
+from featsweep.engines.cooccurrence import Counts, logit_lens_labels, pair_counts
 
 log = logging.getLogger(__name__)
 N_DRAWN = 4  # communities drawn in plots/cooc_communities.png
 
 
-def counts_npz(counts: Counts) -> bytes:
-    """The counts as one scipy.sparse upper-triangular CSR matrix: ``C_ii`` on the diagonal, ``C_ij`` above."""
+def counts_npz(counts: Counts, pairs: sparse.csr_matrix) -> bytes:
+    """The counts as one scipy.sparse upper-triangular CSR matrix: ``C_ii`` on the diagonal, the kept ``C_ij`` above."""
     buffer = io.BytesIO()
-    sparse.save_npz(buffer, (counts.pairs + sparse.diags(counts.per_latent, dtype=np.int64)).tocsr())
+    sparse.save_npz(buffer, (pairs + sparse.diags(counts.per_latent, dtype=np.int64)).tocsr())
     return buffer.getvalue()
 
 
@@ -47,12 +48,12 @@ def cooccurrence_stage(counts: Counts, cfg: CooccurrenceConfig, seed: int, netwo
     alive = counts.per_latent > 0
     m.update({"cooc.n_units": float(counts.n_units), "cooc.n_tokens": float(counts.n_tokens),
               "cooc.n_latents": float(counts.d_sae), "cooc.n_active_latents": float(alive.sum()),
-              "cooc.mean_active_per_unit": float(counts.per_latent.sum() / max(counts.n_units, 1)),
-              "cooc.n_pairs": float(counts.pairs.nnz)})
-    result.files["cooc/counts.npz"] = counts_npz(counts)
-    w = weights(counts, cfg.measure)
+              "cooc.mean_active_per_unit": float(counts.per_latent.sum() / max(counts.n_units, 1))})
     graph = None
     try:
+        pairs, w = pair_counts(counts, cfg.measure, cfg.floor, progress=True)
+        m["cooc.n_pairs"] = float(pairs.nnz)  # pairs at or above the floor
+        result.files["cooc/counts.npz"] = counts_npz(counts, pairs)
         graph = _graph(w, cfg, seed)
     except FeatsweepError as err:
         result.tags["cooc.error"] = str(err)

@@ -17,7 +17,7 @@ from featsweep.engines.dictionary_graph import auto_threshold, build_dictionary_
 from featsweep.errors import FeatsweepError
 from featsweep.config import CorpusConfig, ModelConfig
 from featsweep.engines.cooccurrence import (Counts, CooccurrenceCounter, check_window, count_cooccurrence,
-                                           dense_weights, weights)
+                                           dense_weights, latent_blocks, measure_values, pair_counts, weights)
 from featsweep.stages.corpus import corpus_pass, separator_id, token_rows
 from featsweep.stages.corpus_text import corpus_documents
 from featsweep.stages.dictionary import cooccurrence_stage
@@ -37,6 +37,11 @@ def random_batches(seed: int, n_batches: int = 3, rows: int = 4, ctx: int = 11, 
         mask = (pos[None] >= 1) & (pos[None] < lengths[:, None])
         out.append((acts, mask))
     return out
+
+
+def all_pairs(counts: Counts) -> sparse.csr_matrix:
+    """Every pair that co-fired (a floor of 0 keeps them all: their Jaccard is positive)."""
+    return pair_counts(counts, "jaccard", 0.0)[0]
 
 
 def brute_codes(batches, threshold: np.ndarray, unit: str, window: int) -> np.ndarray:
@@ -71,18 +76,16 @@ def test_counts_equal_a_dense_product_of_brute_force_codes(unit, window, jumprel
     assert counts.n_units == len(codes)
     assert counts.n_tokens == sum(int(m.sum()) for _, m in batches)
     np.testing.assert_array_equal(counts.per_latent, np.diag(dense))
-    np.testing.assert_array_equal(counts.pairs.toarray(), np.triu(dense, 1))
+    np.testing.assert_array_equal(all_pairs(counts).toarray(), np.triu(dense, 1))
     order = np.random.default_rng(0).permutation(d)[:15]  # any order of latents
     np.testing.assert_array_equal(counts.full(order), dense[np.ix_(order, order)])
     again = count_cooccurrence(batches, CooccurrenceConfig(unit=unit, window=window, activation_threshold=0.25), d,
                                sae_threshold)
-    np.testing.assert_array_equal(again.pairs.toarray(), counts.pairs.toarray())
+    np.testing.assert_array_equal(all_pairs(again).toarray(), all_pairs(counts).toarray())
 
 
 def _counts_from(codes: np.ndarray) -> Counts:
-    dense = codes.T @ codes
-    return Counts(pairs=sparse.csr_matrix(np.triu(dense, 1)), per_latent=np.diag(dense).copy(), n_units=len(codes),
-                  n_tokens=len(codes))
+    return Counts(codes=sparse.csc_matrix(codes.astype(np.int32)), n_tokens=len(codes))
 
 
 def test_jaccard_matches_sklearn_and_phi_the_two_by_two_table():
@@ -104,11 +107,32 @@ def test_jaccard_matches_sklearn_and_phi_the_two_by_two_table():
                 n00 = len(codes) - n11 - n10 - n01
                 ref = (n11 * n00 - n10 * n01) / np.sqrt((n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00))
                 assert phi[i, j] == pytest.approx(ref)
-    sparse_phi = weights(counts, "phi").toarray()  # stored (co-fired) pairs only, same values
+    sparse_phi = weights(counts, "phi", 0.0).toarray()  # kept pairs (co-fired, phi >= 0), same values
     iu = np.triu_indices(12, 1)
-    cofired = np.triu(codes.T @ codes, 1)[iu] > 0
-    np.testing.assert_allclose(sparse_phi[iu][cofired], phi[iu][cofired])
-    assert np.all(phi[iu][~cofired] <= 0)  # what the sparse store leaves out cannot pass a positive threshold
+    kept = (np.triu(codes.T @ codes, 1)[iu] > 0) & (phi[iu] >= 0)
+    np.testing.assert_allclose(sparse_phi[iu][kept], phi[iu][kept])
+    assert np.all(sparse_phi[iu][~kept] == 0)
+    assert np.all(phi[iu][np.triu(codes.T @ codes, 1)[iu] == 0] <= 0)  # never co-fired: no positive floor keeps it
+
+
+@pytest.mark.parametrize("measure", ["jaccard", "phi"])
+@pytest.mark.parametrize("work", [1, 2000, 10**9])  # one latent per block, a few blocks, one block
+def test_kept_pairs_are_exactly_those_at_or_above_the_floor_whatever_the_blocks(measure, work):
+    rng = np.random.default_rng(7)
+    codes = (rng.random((300, 30)) < rng.uniform(0.01, 0.4, 30)).astype(np.int64)
+    counts = _counts_from(codes)
+    blocks = latent_blocks(counts, work)
+    assert blocks[0][0] == 0 and blocks[-1][1] == 30 and all(b[1] == c[0] for b, c in zip(blocks, blocks[1:]))
+    assert len(blocks) == 30 if work == 1 else (len(blocks) == 1 if work == 10**9 else 1 < len(blocks) < 30)
+    dense = codes.T @ codes
+    diag = np.diag(dense)
+    values = measure_values(dense, diag[:, None], diag[None, :], len(codes), measure)
+    floor = 0.1
+    expected = np.triu((dense > 0) & (values >= floor), 1)
+    assert 0 < expected.sum() < np.triu(dense > 0, 1).sum()  # the floor drops some co-fired pairs, not all
+    c, w = pair_counts(counts, measure, floor, work=work)
+    np.testing.assert_array_equal(c.toarray(), np.where(expected, dense, 0))
+    np.testing.assert_allclose(w.toarray(), np.where(expected, values, 0))
 
 
 def _scan(w: sparse.csr_matrix, lo: int, hi: int):
@@ -169,8 +193,8 @@ def test_bad_thresholds_are_one_line_and_the_counts_are_still_logged():
     counts = _stage_counts()
     _, result = cooccurrence_stage(counts, CooccurrenceConfig(edge_threshold="1.0"), seed=0)
     assert "leaves no edge" in result.tags["cooc.error"] and "cooccurrence.edge_threshold" in result.tags["cooc.error"]
-    assert "cooc/counts.npz" in result.files and result.metrics["cooc.n_pairs"] == counts.pairs.nnz
-    w = weights(counts, "jaccard")
+    assert "cooc/counts.npz" in result.files and result.metrics["cooc.n_pairs"] == pair_counts(counts, "jaccard", 0.01)[0].nnz
+    w = weights(counts, "jaccard", 0.01)
     attained = {component_size_at(w, t) for t in np.unique(w.data)}
     gap = min(k for k in range(min(attained), max(attained)) if k not in attained)  # a size the search jumps over
     _, result = cooccurrence_stage(counts, CooccurrenceConfig(auto_min_size=gap, auto_max_size=gap), seed=0)
@@ -178,10 +202,23 @@ def test_bad_thresholds_are_one_line_and_the_counts_are_still_logged():
     assert "\n" not in result.tags["cooc.error"]
 
 
+def test_codes_too_dense_to_pair_are_one_line_and_the_rest_is_still_logged(monkeypatch):
+    counts = _stage_counts()
+    per_unit = np.diff(counts.codes.tocsr().indptr)
+    monkeypatch.setattr("featsweep.engines.cooccurrence.MAX_INCIDENCES", float(per_unit @ per_unit) - 1)
+    _, result = cooccurrence_stage(counts, CooccurrenceConfig(), seed=0)
+    assert result.tags["cooc.error"].startswith("The codes are too dense to count pairs")
+    assert "cooccurrence.activation_threshold" in result.tags["cooc.error"] and "\n" not in result.tags["cooc.error"]
+    assert result.metrics["cooc.n_units"] == 600 and "tables/cooc_latents.parquet" in result.tables
+    assert "cooc.n_pairs" not in result.metrics and "cooc/counts.npz" not in result.files
+
+
 @pytest.mark.parametrize("override,fix", [("cooccurrence.edge_threshold=2", "auto or a weight in (0, 1]"),
                                           ("cooccurrence.edge_threshold=often", "auto or a weight"),
                                           ("cooccurrence.window=0", "use 1 or more"),
-                                          ("cooccurrence.auto_max_size=10", "auto_min_size=150")])
+                                          ("cooccurrence.auto_max_size=10", "auto_min_size=150"),
+                                          ("cooccurrence.edge_threshold=0.005", "lower cooccurrence.floor"),
+                                          ("cooccurrence.floor=-1", "0 keeps every pair")])
 def test_bad_config_values_fail_at_compose_time(override, fix):
     with pytest.raises(FeatsweepError, match=fix.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
         checked(compose_with([override]))
@@ -214,7 +251,7 @@ def test_the_corpus_pass_counts_cooccurrence_in_the_same_pass(tiny_subject, tmp_
         counts = stats.cooccurrence
         assert counts.n_units == len(codes) and codes.sum() > 0
         np.testing.assert_array_equal(counts.per_latent, codes.sum(0))
-        np.testing.assert_array_equal(counts.pairs.toarray(), np.triu(codes.T @ codes, 1))
+        np.testing.assert_array_equal(all_pairs(counts).toarray(), np.triu(codes.T @ codes, 1))
 
 
 def test_a_window_longer_than_a_corpus_row_is_one_clear_error():
@@ -224,7 +261,7 @@ def test_a_window_longer_than_a_corpus_row_is_one_clear_error():
 
 
 def test_communities_are_seeded():
-    w = weights(_stage_counts(), "jaccard")
+    w = weights(_stage_counts(), "jaccard", 0.01)
     a = build_dictionary_graph(w, 0.2, "leiden", 1.0, seed=5).community
     b = build_dictionary_graph(w, 0.2, "leiden", 1.0, seed=5).community
     np.testing.assert_array_equal(a, b)

@@ -17,9 +17,7 @@ from featsweep.hypotheses.verdicts import h4_verdict
 
 
 def counts_from(codes: np.ndarray) -> Counts:
-    dense = codes.T @ codes
-    return Counts(pairs=sparse.csr_matrix(np.triu(dense, 1)), per_latent=np.diag(dense).copy(), n_units=len(codes),
-                  n_tokens=len(codes))
+    return Counts(codes=sparse.csc_matrix(codes.astype(np.int32)), n_tokens=len(codes))
 
 
 def planted(seed: int = 0, n_units: int = 800, d: int = 60):
