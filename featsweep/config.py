@@ -400,7 +400,7 @@ class Config:
     device: Device = Device.auto
     dtype: DType = DType.float32
     stages: List[Stage] = field(
-        default_factory=lambda: [Stage.task, Stage.attribution, Stage.network, Stage.steering]
+        default_factory=lambda: [Stage.task, Stage.attribution, Stage.network, Stage.cooccurrence, Stage.steering]
     )
     model: ModelConfig = field(default_factory=ModelConfig)
     sae: SaeConfig = field(default_factory=SaeConfig)

@@ -117,8 +117,9 @@ def test_a_layer_sweep_without_the_network_stage_says_what_is_missing(tmp_path):
 
 @pytest.mark.slow  # a real multirun of whole jobs (minutes); CI runs the slow tier
 def test_an_organism_layer_sweep_puts_the_cross_layer_flow_on_the_compare_page(tmp_path):
-    proc = run_featsweep(tmp_path, "-m", "stages=[task,attribution,network]", "task.limit=60", "clustering.n_null=0",
-                         "clustering.n_bootstrap=0", "clustering.n_rewire=0", "sae.layer=2,3")
+    proc = run_featsweep(tmp_path, "-m", "stages=[task,attribution,network,cooccurrence]", "task.limit=60",
+                         "clustering.n_null=0", "clustering.n_bootstrap=0", "clustering.n_rewire=0",
+                         "cooccurrence.n_permutations=50", "cooccurrence.n_matched=50", "sae.layer=2,3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = mlflow_runs(tmp_path)
     parent = runs[runs["tags.featsweep.role"] == "sweep"].iloc[0]
@@ -132,5 +133,12 @@ def test_an_organism_layer_sweep_puts_the_cross_layer_flow_on_the_compare_page(t
     assert len(matches) == pairs.loc[0, "n_kept_a"] > 0
     assert pairs.loc[0, "frac_top1"] == pytest.approx((matches["top1_cosine"] >= MIN_COSINE).mean())
     assert pairs.loc[0, "n_pairs"] == (matches["matched"] & matches["cluster_b"].notna()).sum()
+    summary = pd.read_csv(compare / "summary.csv").set_index("sae.layer")  # H4 compared across the layers
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]].set_index("params.sae.layer")
+    for layer in (2, 3):
+        assert summary.loc[layer, "h4.verdict"] == children.loc[str(layer), "tags.h4.verdict"]
+        assert summary.loc[layer, "h4.statistic"] == pytest.approx(children.loc[str(layer), "metrics.h4.statistic"])
+    full = pd.read_csv(compare / "summary_full.csv").set_index("sae.layer")
+    assert (full["cooc.n_communities"] > 0).all() and (full["h4.perm_p.sweep_adj"] >= full["h4.perm_p"]).all()
     logged = artifacts(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"), parent["run_id"])
     assert {"compare/layer_flow.png", "compare/layers/layer_pairs.csv", "compare/layers/matches_L2_L3.csv"} <= logged
