@@ -94,10 +94,13 @@ def full_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     table = runs[[*dims, *verdicts, *metrics]].copy()
     table.insert(len(dims), "run_name", runs.get("tags.mlflow.runName", runs["run_id"]))
     table["run_id"] = runs["run_id"]
+    adjusted = {}
     for column in [m for m in metrics if m.startswith(HYPOTHESIS_PREFIXES) and is_p_value(m)]:
         present = table[column].notna()
         if present.any():  # Bonferroni across the runs of the sweep (the blog's correction across factors)
-            table.loc[present, f"{column}.sweep_adj"] = adjust_pvalues(table.loc[present, column].to_numpy())
+            adjusted[f"{column}.sweep_adj"] = pd.Series(adjust_pvalues(table.loc[present, column].to_numpy()),
+                                                        index=table.index[present])
+    table = pd.concat([table, pd.DataFrame(adjusted, index=table.index)], axis=1)  # at once: no fragmented frame
     table.columns = [c.removeprefix("metrics.").removeprefix("params.").removeprefix("tags.") for c in table.columns]
     dims = [d.removeprefix("params.") for d in dims]
     for dim in dims:  # numeric dimensions sort and plot as numbers
