@@ -51,14 +51,14 @@ def measure(overrides: list[str], n_tokens: int, repeats: int) -> dict:
     subject = load_subject(cfg)
     tokenizer = subject.model.tokenizer
     context = row_context(cfg.corpus, int(subject.model.cfg.n_ctx))
-    rows = list(token_rows(corpus_documents(cfg.corpus, cfg.model), tokenizer, separator_id(tokenizer), context,
+    rows = list(token_rows(corpus_documents(cfg.corpus, cfg.model, sae_cfg=cfg.sae), tokenizer, separator_id(tokenizer), context,
                            n_tokens))
     total = len(rows) * context
     bare_seconds(subject, rows[: cfg.corpus.batch_size], cfg.corpus.batch_size)  # warm-up
     bare, stage = [], []
     for _ in range(repeats):
         bare.append(bare_seconds(subject, rows, cfg.corpus.batch_size))
-        stats = corpus_pass(subject, corpus_documents(cfg.corpus, cfg.model), cfg.corpus, progress=False)
+        stats = corpus_pass(subject, corpus_documents(cfg.corpus, cfg.model, sae_cfg=cfg.sae), cfg.corpus, progress=False)
         assert stats.n_rows == len(rows)
         stage.append(stats.seconds)
     start = time.perf_counter()

@@ -61,7 +61,7 @@ def build_network(overrides: Sequence[str] = ()) -> dict[str, Any]:
     attributed, _ = attribution_stage(subject, task, cfg.attribution)
     attrs, matrix = attributed.attrs, attributed.matrix
     assets = Path(cfg.model.assets_dir) if cfg.model.assets_dir else ASSETS_DIR
-    gen_max = corpus_stage(subject, corpus_documents(cfg.corpus, cfg.model, assets), cfg.corpus, progress=False)[0].max
+    gen_max = corpus_stage(subject, corpus_documents(cfg.corpus, cfg.model, assets, cfg.sae), cfg.corpus, progress=False)[0].max
     network, result = network_stage(matrix, cfg.clustering, cfg.seed, gen_max, None, progress=False)
     return dict(cfg=cfg, subject=subject, task=task, baseline=baseline, task_metrics=task_result.metrics,
                 attrs=attrs, matrix=matrix, gen_max=gen_max, network=network, metrics=result.metrics)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from featsweep.stages.attribution import attribution_stage
-from featsweep.tracking.cache import StageCache, cache_key
+from featsweep.tracking.cache import StageCache, cache_key, code_digest
 from featsweep.config import Config, Stage, checked, to_container
 from featsweep.errors import FeatsweepError
 from featsweep.stages.steering import steering_stage
@@ -147,9 +147,10 @@ class Runner:
             cfg = self.cfg
             assets = Path(cfg.model.assets_dir) if cfg.model.assets_dir else ASSETS_DIR
             # with the cooccurrence stage, the same pass counts co-occurrence too (its settings join the key)
-            counting = cooccurrence_counting(cfg.cooccurrence) if Stage.cooccurrence in self.stages else None
+            counting = ({**cooccurrence_counting(cfg.cooccurrence), "code": code_digest(CooccurrenceCounter)}
+                        if Stage.cooccurrence in self.stages else None)
             key = cache_key("corpus", code=corpus_stage, subject=self.subject.identity, corpus=self.resolved["corpus"],
-                            fingerprint=corpus_fingerprint(cfg.corpus, cfg.model, assets),
+                            fingerprint=corpus_fingerprint(cfg.corpus, cfg.model, assets, cfg.sae),
                             device=str(self.subject.model.cfg.device), counting=counting)
 
             def compute():
@@ -158,7 +159,7 @@ class Runner:
                     check_window(cfg.cooccurrence, row_context(cfg.corpus, int(self.subject.model.cfg.n_ctx)))
                     counter = CooccurrenceCounter.from_config(cfg.cooccurrence, self.subject.d_sae,
                                                               sae_threshold(self.subject.sae))
-                return corpus_stage(self.subject, corpus_documents(cfg.corpus, cfg.model, assets), cfg.corpus,
+                return corpus_stage(self.subject, corpus_documents(cfg.corpus, cfg.model, assets, cfg.sae), cfg.corpus,
                                     counter=counter)
 
             start = time.perf_counter()

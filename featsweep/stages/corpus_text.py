@@ -2,9 +2,11 @@
 
 * ``offline`` (the default, no download; data card: ``docs/corpus.md``): for the model organism its own held-out
   text (``heldout.txt`` + ``generic.txt``, corpus sentences it was never trained on; its tokenizer knows no other
-  words); for any other model Python's documentation (``pydoc_data.topics``, sorted by topic) and then the
-  docstrings of installed scientific packages (``DOC_PACKAGES``, files in sorted order, read with ``ast``: no
-  package is imported), several million tokens.
+  words); for any other model the held-out text shipped beside a local SAE, if there is one (``heldout.txt`` in
+  the folder above ``sae.path``: SmolLM2's SAEs ship the rows of their training mix they never saw, athlete
+  sentences among them, so the task's features fire on the corpus), then Python's documentation
+  (``pydoc_data.topics``, sorted by topic) and the docstrings of installed scientific packages
+  (``DOC_PACKAGES``, files in sorted order, read with ``ast``: no package is imported), several million tokens.
 * ``huggingface``: a dataset through ``datasets`` (``corpus=pile10k``); offline it fails naming the default.
 * ``file``: ``corpus.path``, a ``.txt`` (one document), ``.jsonl`` or ``.csv`` (one document a row, the text in
   ``corpus.text_column``) or a folder of them (sorted, recursively).
@@ -24,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from featsweep.config import CorpusConfig, CorpusSource, ModelSource
+from featsweep.config import CorpusConfig, CorpusSource, ModelSource, SaeSource
 from featsweep.errors import FeatsweepError
 from featsweep.subjects.organism import ASSETS_DIR
 
@@ -56,8 +58,17 @@ class Documents:
         return self._sha.hexdigest()[:16]
 
 
-def corpus_documents(cfg: CorpusConfig, model_cfg, organism_assets: Optional[Path] = None) -> Documents:
-    """The documents of the configured corpus (``organism_assets``: the organism's asset folder)."""
+def sae_heldout(sae_cfg) -> Optional[Path]:
+    """The held-out text shipped beside a local SAE's folder (one JSON string a line), if any."""
+    if sae_cfg is None or SaeSource(sae_cfg.source) is not SaeSource.local or not sae_cfg.path:
+        return None
+    path = Path(sae_cfg.path).parent / "heldout.txt"
+    return path if path.is_file() else None
+
+
+def corpus_documents(cfg: CorpusConfig, model_cfg, organism_assets: Optional[Path] = None, sae_cfg=None) -> Documents:
+    """The documents of the configured corpus (``organism_assets``: the organism's asset folder; ``sae_cfg``: for
+    the held-out text a local SAE ships)."""
     if cfg.path:
         return Documents(_file_documents(Path(cfg.path), cfg.text_column), f"file:{cfg.path}")
     source = CorpusSource(cfg.source)
@@ -68,10 +79,13 @@ def corpus_documents(cfg: CorpusConfig, model_cfg, organism_assets: Optional[Pat
     if ModelSource(model_cfg.source) is ModelSource.organism:
         assets = organism_assets or Path(model_cfg.assets_dir or ASSETS_DIR)
         return Documents(_organism_documents(assets), "offline:organism-heldout")
+    heldout = sae_heldout(sae_cfg)
+    if heldout is not None:
+        return Documents(_heldout_then_python(heldout), "offline:sae-heldout+pydoc+docstrings")
     return Documents(_python_documents(), "offline:pydoc+docstrings")
 
 
-def corpus_fingerprint(cfg: CorpusConfig, model_cfg, organism_assets: Path) -> list:
+def corpus_fingerprint(cfg: CorpusConfig, model_cfg, organism_assets: Path, sae_cfg=None) -> list:
     """What the text depends on beyond the config, for the stage's cache key (cheap: no file is read).
     Files: their paths, sizes and modification times; the offline Python text: the versions it is read from."""
     if cfg.path:
@@ -89,12 +103,19 @@ def corpus_fingerprint(cfg: CorpusConfig, model_cfg, organism_assets: Path) -> l
             return version("scikit-learn" if name == "sklearn" else name)
         except PackageNotFoundError:
             return "-"
-    return [sys.version.split()[0], *[(p, installed(p)) for p in DOC_PACKAGES]]
+    heldout = sae_heldout(sae_cfg)
+    shipped = [(str(heldout), heldout.stat().st_size)] if heldout is not None else []
+    return [*shipped, sys.version.split()[0], *[(p, installed(p)) for p in DOC_PACKAGES]]
 
 
 def _organism_documents(assets: Path) -> Iterator[str]:
     for name in ("heldout.txt", "generic.txt"):
         yield from (line.strip() for line in (assets / name).read_text().splitlines())
+
+
+def _heldout_then_python(heldout: Path) -> Iterator[str]:
+    yield from (json.loads(line) for line in heldout.read_text().splitlines() if line.strip())
+    yield from _python_documents()
 
 
 def _python_documents() -> Iterator[str]:

@@ -119,6 +119,25 @@ def test_offline_default_is_deterministic():
     assert first_chars(200_000) == first_chars(200_000)
 
 
+def test_a_local_sae_s_held_out_text_comes_first_then_the_python_docs(tmp_path):
+    from featsweep.config import SaeConfig
+    from featsweep.stages.corpus_text import corpus_fingerprint
+
+    rows = ["Kobe Federer joined the cricket club.\nA second line.", "Mike Lampard became a tennis legend."]
+    (tmp_path / "layer_3").mkdir()
+    (tmp_path / "heldout.txt").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sae = SaeConfig(source="local", path=str(tmp_path / "layer_3"))
+    docs = corpus_documents(CorpusConfig(), OTHER_MODEL, sae_cfg=sae)
+    plain = corpus_documents(CorpusConfig(), OTHER_MODEL)
+    read, python = iter(docs), iter(plain)
+    assert [next(read), next(read)] == rows and next(read) == next(python)
+    assert docs.description == "offline:sae-heldout+pydoc+docstrings" != plain.description
+    assert corpus_fingerprint(CorpusConfig(), OTHER_MODEL, tmp_path, sae)[0] == (str(tmp_path / "heldout.txt"),
+                                                                              (tmp_path / "heldout.txt").stat().st_size)
+    (tmp_path / "heldout.txt").unlink()  # no shipped text: the Python docs alone
+    assert corpus_documents(CorpusConfig(), OTHER_MODEL, sae_cfg=sae).description == plain.description
+
+
 @pytest.mark.slow
 def test_offline_default_offers_over_a_million_tokens():
     """Python's docs, then the installed packages' docstrings: over 4M characters, about 1M tokens at ~4
