@@ -202,15 +202,18 @@ def main(argv=None) -> dict:
               f"engine {t_eng:.2f} s (cache {t_init:.2f} s + run {t_run:.2f} s), speed-up {t_ref / t_eng:.1f}x, "
               f"engine {gflops:.1f} GFLOP/s ({gflops / peaks[-1]:.0%} of the {peaks[-1]:.1f} GFLOP/s peak measured just "
               f"before it), max |logit_diff error| {err:.1e}", flush=True)
+    def figure(x: float) -> float:  # 3 significant digits: a tiny smoke run must not round a speed to 0
+        return float(f"{x:.3g}")
+
     result = {
-        "speedup_all": round(report["all"]["speedup"], 2),
-        "speedup_last": round(report["last"]["speedup"], 2),
-        "engine_gflops": round(report["all"]["gflops"], 1),
-        "matmul_peak_gflops": round(max(peaks), 1),  # conservative: the best of the peaks measured in this run
+        "speedup_all": figure(report["all"]["speedup"]),
+        "speedup_last": figure(report["last"]["speedup"]),
+        "engine_gflops": figure(report["all"]["gflops"]),
+        "matmul_peak_gflops": figure(max(peaks)),  # conservative: the best of the peaks measured in this run
     }
     for positions, key in (("all", "speedup_vs_tl_blocks"), ("non_prefix", "speedup_vs_tl_blocks_non_prefix")):
         if report.get(positions, {}).get("vs_tl") is not None:  # engine run time, TransformerLens blocks / fused tail
-            result[key] = round(report[positions]["vs_tl"], 2)
+            result[key] = figure(report[positions]["vs_tl"])
     print(json.dumps(result))
     return result
 
