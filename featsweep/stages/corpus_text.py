@@ -3,8 +3,10 @@
 * ``offline`` (the default, no download; data card: ``docs/corpus.md``): for the model organism its own held-out
   text (``heldout.txt`` + ``generic.txt``, corpus sentences it was never trained on; its tokenizer knows no other
   words); for any other model the held-out text shipped beside a local SAE, if there is one (``heldout.txt`` in
-  the folder above ``sae.path``: SmolLM2's SAEs ship the rows of their training mix they never saw, athlete
-  sentences among them, so the task's features fire on the corpus), then Python's documentation
+  the folder above ``sae.path``: the rows of its training mix it never saw), then, for SmolLM2's shipped SAEs,
+  their training mix itself (``featsweep.subjects.smollm2.card.training_documents``: Python's documentation and
+  the synthetic athletes documents, half each, as GPT-2's SAEs are described on the text they were trained on;
+  the task's features fire on its athlete facts), then Python's documentation
   (``pydoc_data.topics``, sorted by topic) and the docstrings of installed scientific packages
   (``DOC_PACKAGES``, files in sorted order, read with ``ast``: no package is imported), several million tokens.
 * ``huggingface``: a dataset through ``datasets`` (``corpus=pile10k``); offline it fails naming the default.
@@ -80,9 +82,19 @@ def corpus_documents(cfg: CorpusConfig, model_cfg, organism_assets: Optional[Pat
         assets = organism_assets or Path(model_cfg.assets_dir or ASSETS_DIR)
         return Documents(_organism_documents(assets), "offline:organism-heldout")
     heldout = sae_heldout(sae_cfg)
+    if heldout is not None and _smollm2_sae(heldout):
+        return Documents(_heldout_then_python(heldout, smollm2_mix=True),
+                         "offline:sae-heldout+sae-training-mix+pydoc+docstrings")
     if heldout is not None:
         return Documents(_heldout_then_python(heldout), "offline:sae-heldout+pydoc+docstrings")
     return Documents(_python_documents(), "offline:pydoc+docstrings")
+
+
+def _smollm2_sae(heldout: Path) -> bool:
+    """Whether ``heldout`` is the one SmolLM2's shipped SAEs share (their training mix can then be rebuilt)."""
+    from featsweep.subjects.smollm2.card import HELDOUT_FILE
+
+    return heldout.resolve() == HELDOUT_FILE.resolve()
 
 
 def corpus_fingerprint(cfg: CorpusConfig, model_cfg, organism_assets: Path, sae_cfg=None) -> list:
@@ -105,6 +117,11 @@ def corpus_fingerprint(cfg: CorpusConfig, model_cfg, organism_assets: Path, sae_
             return "-"
     heldout = sae_heldout(sae_cfg)
     shipped = [(str(heldout), heldout.stat().st_size)] if heldout is not None else []
+    if heldout is not None and _smollm2_sae(heldout):  # the mix is rebuilt by code: its source files count
+        from featsweep.subjects.organism import corpus
+        from featsweep.subjects.smollm2 import card
+
+        shipped.append(hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (card, corpus))).hexdigest()[:16])
     return [*shipped, sys.version.split()[0], *[(p, installed(p)) for p in DOC_PACKAGES]]
 
 
@@ -113,8 +130,12 @@ def _organism_documents(assets: Path) -> Iterator[str]:
         yield from (line.strip() for line in (assets / name).read_text().splitlines())
 
 
-def _heldout_then_python(heldout: Path) -> Iterator[str]:
+def _heldout_then_python(heldout: Path, smollm2_mix: bool = False) -> Iterator[str]:
     yield from (json.loads(line) for line in heldout.read_text().splitlines() if line.strip())
+    if smollm2_mix:
+        from featsweep.subjects.smollm2.card import training_documents
+
+        yield from training_documents()
     yield from _python_documents()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +137,33 @@ def test_a_local_sae_s_held_out_text_comes_first_then_the_python_docs(tmp_path):
                                                                               (tmp_path / "heldout.txt").stat().st_size)
     (tmp_path / "heldout.txt").unlink()  # no shipped text: the Python docs alone
     assert corpus_documents(CorpusConfig(), OTHER_MODEL, sae_cfg=sae).description == plain.description
+
+
+def test_smollm2_s_sae_is_described_on_its_held_out_rows_then_its_training_mix():
+    """The shipped SmolLM2 SAE: its held-out rows, then Python's docs and the athletes documents half each by
+    characters (rebuilt from code: the training script's own text functions), then the Python text."""
+    from featsweep.config import SaeConfig
+    from featsweep.stages.corpus_text import corpus_fingerprint
+    from featsweep.subjects.smollm2 import card
+
+    sae = SaeConfig(source="local", path=str(card.sae_path(12)))
+    docs = corpus_documents(CorpusConfig(), OTHER_MODEL, sae_cfg=sae)
+    assert docs.description == "offline:sae-heldout+sae-training-mix+pydoc+docstrings"
+    rows = card.read_heldout_texts()
+    read = iter(docs)
+    assert [next(read) for _ in rows] == rows
+    train_docs, _ = card.pydoc_topics()
+    athletes, _ = card.corpus_texts(0)
+    mix = [next(read) for _ in range(400)]
+    from_docs = [t for t in mix if t in set(train_docs)]
+    from_athletes = [t for t in mix if t not in set(train_docs)]
+    assert from_docs == train_docs[:len(from_docs)] and from_athletes == athletes[:len(from_athletes)]  # in order
+    chars = [sum(map(len, from_docs)), sum(map(len, from_athletes))]
+    assert abs(chars[0] - chars[1]) <= max(map(len, mix))  # balanced to within one document
+    assert sum("plays the sport of" in t for t in from_athletes) > 10  # the facts the task's features fire on
+    # the text is rebuilt by code, so the code joins the cache key
+    assert len(corpus_fingerprint(CorpusConfig(), OTHER_MODEL, Path("."), sae)) == \
+        len(corpus_fingerprint(CorpusConfig(), OTHER_MODEL, Path("."))) + 2
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -58,6 +58,25 @@ def corpus_texts(seed: int, n_filler_docs: int = 3000) -> tuple[list[str], list[
     """(training documents, held-out text) of featsweep's synthetic athletes corpus."""
     corpus = build_corpus(seed, n_filler_docs=n_filler_docs)
     return [" ".join(d) for d in corpus.docs], list(corpus.heldout) + list(corpus.generic)
+
+
+def training_documents(seed: int = 0) -> Iterator[str]:
+    """The SAE's training text as documents, for describing its latents (the offline corpus of a SmolLM2 run, as
+    GPT-2's SAEs are described on the text they were trained on): Python's documentation topics and the synthetic
+    athletes documents, merged so that both have handed out about as many characters (training rows are half
+    each). Deterministic; the athletes documents state the facts the task asks about."""
+    docs, _ = pydoc_topics()
+    athletes, _ = corpus_texts(seed)
+    streams = [iter(docs), iter(athletes)]
+    chars = [0, 0]
+    while streams:
+        k = min(range(len(streams)), key=chars.__getitem__)  # the stream that has handed out less text
+        text = next(streams[k], None)
+        if text is None:
+            del streams[k], chars[k]
+            continue
+        chars[k] += len(text)
+        yield text
 
 
 def token_rows(tokenizer, texts: list[str], sep: str, n_rows: int | None = None) -> list[list[int]]:
