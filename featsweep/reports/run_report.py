@@ -106,10 +106,12 @@ class Report:
         note = ("<p>anova_p / anova_p_adj are NOMINAL (circular: the clusters and the centralities come from one "
                 "graph). null_p: against degree-preserving rewirings, reclustered; matched_null_p: against "
                 "edge-matched graphs of shuffled data, reclustered; continuum_null_p: against draws of the fitted "
-                "continua (segment, circle, sheet), reclustered, the largest p over the shapes, so that a metric "
-                "varying smoothly along a continuum does not count. *_adj: Bonferroni over the metrics. "
+                "continua (segment, circle, sheet), reclustered, the largest p over the shapes: the reading of one "
+                "metric that survives a gradient along a continuum. *_adj: Bonferroni over the metrics. "
                 "Discreteness: the mean silhouette of the kept clusters against each fitted continuum's draws "
-                "(h1.continuum_p, the largest p over the shapes).</p>")
+                "(h1.continuum_p, the largest p over the shapes). The verdict asks for discreteness and for a "
+                "metric beyond null_p_adj and matched_null_p_adj; a metric that only varies along a continuum "
+                "cannot make it, because on a continuum discreteness fails.</p>")
         if "h1.centrality_estimate" in self.tags:
             note += f"<p>{html.escape(self.tags['h1.centrality_estimate'])}</p>"
         return _table(["network", "value"], summary) + note + (_table(["metric", *columns], rows) if rows else "")

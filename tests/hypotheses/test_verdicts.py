@@ -34,21 +34,35 @@ def test_h1_rule():
     assert h1_verdict({**few, "h1.bootstrap_ari_mean": 0.2}, 3)[0] == "not_supported"  # fails anyway
 
 
-def test_h1_rule_asks_for_discrete_clusters_and_metrics_beyond_the_continuum():
+def test_h1_rule_asks_for_discrete_clusters():
     # cuts of a continuum: everything else passes, the silhouette does not beat the fitted continua
     verdict, reason = h1_verdict({**H1_GOOD, "h1.continuum_p": 0.4}, 3)
     assert verdict == "not_supported" and reason.startswith("fails: discreteness") and "p=0.4" in reason
     assert "bootstrap" not in reason and "graph-aware" not in reason  # names only the criterion that failed
-    # a gradient: degree beats the rewired and edge-matched nulls but not the continuum draws
-    verdict, reason = h1_verdict({**H1_GOOD, "h1.degree.continuum_null_p_adj": 0.3}, 3)
-    assert verdict == "not_supported" and "graph-aware-null p_adj=0.3" in reason and "discreteness" not in reason
     both = {**H1_GOOD, "h1.continuum_p": 0.2, "h1.bootstrap_ari_mean": 0.1}
     assert h1_verdict(both, 3)[1].count(";") == 1  # two criteria failed, both named
     verdict, reason = h1_verdict({k: v for k, v in H1_GOOD.items() if "continuum" not in k}, 3)
     assert verdict == "inconclusive" and "clustering.n_continuum" in reason  # the continuum null did not run
-    few = {**H1_GOOD, "h1.degree.continuum_null_p_adj": 0.3, "h1.degree.n_continuum_null_valid": 20.0}
-    verdict, reason = h1_verdict(few, 3)  # 2 metrics, 20 continuum draws: p_adj >= 2/21 whatever the data
-    assert verdict == "inconclusive" and "clustering.n_continuum" in reason
+    few = {**H1_GOOD, "h1.continuum_p": 1 / 11, **{f"h1.continuum_{s}.n_valid": 10.0 for s in ("segment", "sheet")}}
+    verdict, reason = h1_verdict(few, 3)  # 10 valid draws: p >= 1/11 whatever the data
+    assert verdict == "inconclusive" and "clustering.n_continuum" in reason and "0.0909" in reason
+    assert h1_verdict({**few, "h1.continuum_segment.n_valid": 200.0, "h1.continuum_sheet.n_valid": 200.0},
+                      3)[0] == "not_supported"  # enough draws: the clusters are not discrete
+
+
+def test_h1_metrics_count_once_the_clusters_are_discrete():
+    # the per-metric continuum p is for reading a metric alone: discrete clusters whose degree beats both
+    # graph-aware nulls but not the (rejected) continua's draws are supported
+    gradient = {**H1_GOOD, "h1.degree.continuum_null_p_adj": 0.3, "h1.std.continuum_null_p_adj": 0.9}
+    assert h1_verdict(gradient, 3)[0] == "supported"
+    # on a continuum the same metrics cannot make the verdict: discreteness fails
+    verdict, reason = h1_verdict({**gradient, "h1.continuum_p": 0.6}, 3)
+    assert verdict == "not_supported" and "graph-aware" not in reason
+    # both starved: each criterion that cannot pass is named with its knob
+    starved = {**gradient, "h1.continuum_p": 1 / 11, "h1.continuum_sheet.n_valid": 10.0,
+               "h1.degree.matched_null_p_adj": 0.2, "h1.degree.n_matched_null_valid": 20.0}
+    verdict, reason = h1_verdict(starved, 3)
+    assert verdict == "inconclusive" and "clustering.n_continuum" in reason and "clustering.n_rewire" in reason
 
 
 def test_h2_rule():
