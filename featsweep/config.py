@@ -220,18 +220,14 @@ class ClusteringConfig:
     min_cluster_size: int = 10  # keep clusters with >= this many features (inclusive)
     n_null: int = 300  # permutation-null repeats (also the edge-matched null of the cluster tests)
     n_bootstrap: int = 30  # prompt-bootstrap repeats for stability
-    # Compute guard: with more features than this, keep the top ones by mean |attribution| (tagged on the
-    # run). Every H1 null graph of the cluster tests (n_null edge-matched + n_rewire rewired) is reclustered and
-    # needs its betweenness and closeness (from centrality_sources sources), so the stage's cost grows with
-    # features x edges x draws (docs/measurements.md, "network stage"). A random SAE at GPT-2 shape has ~15k varying
-    # features. null = no cap.
+    # Compute guard: keep the top features by mean |attribution| beyond this (tagged on the run); the H1 draws'
+    # cost grows with features x edges x draws (docs/measurements.md, "network stage"). null = no cap.
     max_features: Optional[int] = 2000
     # H1's graph-aware null: degree-preserving rewirings of the observed graph, reclustered (0 = off)
     n_rewire: int = 300
     # the blog's notebook: re-detect communities on the subgraph of the kept clusters, then keep again
     recluster_kept: bool = False
-    # worker processes for the null and bootstrap draws (the same numbers as in process); null = every core
-    # for networks of 400+ features, in process below (featsweep.hypotheses.rewired_null.draw_jobs)
+    # processes for the H1 draws (same numbers); null = every core from 400 features (rewired_null.draw_jobs)
     n_jobs: Optional[int] = None
     # The cluster tests' betweenness and closeness (observed graph and every null graph alike): in a component of
     # more nodes than this, estimated from this many seeded random source nodes (O(sources * edges) instead of
@@ -242,8 +238,8 @@ class ClusteringConfig:
     n_continuum: int = 200
 
     def __post_init__(self) -> None:
-        _at_least("clustering.n_rewire", self.n_rewire, 0)
-        _at_least("clustering.n_continuum", self.n_continuum, 0)
+        for key in ("n_rewire", "n_continuum", "n_null", "n_bootstrap"):
+            _at_least(f"clustering.{key}", getattr(self, key), 0)
         if self.centrality_sources is not None:
             _at_least("clustering.centrality_sources", self.centrality_sources, 2)
         if self.n_jobs is not None:
@@ -253,8 +249,6 @@ class ClusteringConfig:
         _at_least("clustering.min_cluster_size", self.min_cluster_size, 1)
         if not (math.isfinite(self.resolution) and self.resolution > 0):
             _bad("clustering.resolution", self.resolution, "use a positive number (1.0 is standard modularity)")
-        _at_least("clustering.n_null", self.n_null, 0)
-        _at_least("clustering.n_bootstrap", self.n_bootstrap, 0)
         if self.max_features is not None and self.max_features < 2:
             _bad("clustering.max_features", self.max_features, "use at least 2, or clustering.max_features=null for no cap")
 
