@@ -40,10 +40,10 @@ test: setup
 	$(PY) -m pytest -q
 
 test-slow: setup smollm2
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -rs -m slow   # -rs: any skipped test is listed with its reason
 
 test-all: setup smollm2
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -rs -m ''
 
 bench: setup
 	$(PY) benchmarks/steering.py

@@ -3,7 +3,9 @@
 Errors: a FeatsweepError (bad input, unreachable store, ...) is one line on stderr, `featsweep: error: ...`,
 exit status 1, and goes to the job's log file; any other exception is logged once with its traceback.
 In a multirun, a failing job records its outcome and the sweep goes on; the sweep's end counts it.
-SIGTERM ends the run KILLED and the process with status 143 (``featsweep.tracking.signals``).
+SIGTERM ends the run KILLED and the process with status 143 (``featsweep.tracking.signals``); in a job that a
+scheduler started as its own process (submitit: a Slurm time limit, scancel), the job is counted as failed instead
+and returns, so the launcher collects the other jobs and the sweep's end runs.
 """
 
 from __future__ import annotations
@@ -54,6 +56,31 @@ def _fail(message: str, multirun: bool) -> None:
     sys.exit(1)
 
 
+def _job_failed(err: BaseException, multirun: bool) -> None:
+    """A job whose pipeline raised: a signal ends the process, except in a job that a scheduler started on its
+    own (its run is already KILLED; the sweep counts it and goes on); an error is recorded as the job's outcome."""
+    from featsweep.sweep import record_job_outcome
+
+    if signals.received is not None:  # the signal's doing, whatever error native code made of it
+        if not (multirun and signals.in_scheduled_process()):
+            if isinstance(err, signals.Terminated):
+                raise err
+            signals.raise_if_received(err)
+        hydra_cfg = HydraConfig.get()
+        record_job_outcome(hydra_cfg.sweep.dir, hydra_cfg.job.num, "failed", None,
+                           f"ended by {signals.received} (a scheduler's time limit, scancel or pre-emption); its run "
+                           "is KILLED. Run the same command again to resume the sweep")
+        return None
+    if isinstance(err, FeatsweepError):
+        return _fail(str(err), multirun)
+    log.exception("Job failed")  # the traceback, once (console and log file)
+    if not multirun:
+        sys.exit(1)
+    hydra_cfg = HydraConfig.get()
+    record_job_outcome(hydra_cfg.sweep.dir, hydra_cfg.job.num, "failed", None, f"{type(err).__name__}: {err}")
+    return None
+
+
 def _input_warnings(cfg) -> None:
     """Settings that run but change or weaken the results: one warning each."""
     import torch
@@ -82,17 +109,8 @@ def job(cfg: DictConfig) -> None:
     _input_warnings(typed)
     try:
         outcome = pipeline.run(cfg, typed=typed)
-    except FeatsweepError as err:
-        signals.raise_if_received(err)
-        return _fail(str(err), multirun)
-    except Exception as err:
-        signals.raise_if_received(err)
-        log.exception("Job failed")  # the traceback, once (console and log file)
-        if multirun:
-            hydra_cfg = HydraConfig.get()
-            record_job_outcome(hydra_cfg.sweep.dir, hydra_cfg.job.num, "failed", None, f"{type(err).__name__}: {err}")
-            return None
-        sys.exit(1)
+    except (Exception, signals.Terminated) as err:
+        return _job_failed(err, multirun)
     if multirun:
         hydra_cfg = HydraConfig.get()
         status = "reused" if "skipped_for" in outcome else "finished"

@@ -53,18 +53,37 @@ def _raise_terminated(signum, frame) -> None:
         again.daemon = True
         again.start()
         return
-    signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process at once
+    # A second signal ends the process at once, except in a scheduler's job: Slurm signals every process of the
+    # step (slurmstepd, then srun forwards it), and its SIGKILL after KillWait ends a job that does not close.
+    signal.signal(signum, signal.SIG_IGN if in_scheduled_process() else signal.SIG_DFL)
     print(f"featsweep: received {signal.Signals(signum).name}; closing the run(s) and stopping.", file=sys.stderr, flush=True)
     raise Terminated(signum)
 
 
+def in_scheduled_process() -> bool:
+    """Whether this process is one job that a scheduler started on its own (submitit: Slurm or local)."""
+    return "SUBMITIT_EXECUTOR" in os.environ
+
+
+def _time_limit_near(signum, frame) -> None:
+    print(f"featsweep: Slurm sent {signal.Signals(signum).name}: the job's time limit is near "
+          "(hydra.launcher.signal_delay_s). The run goes on; if the limit comes first, Slurm's SIGTERM ends it KILLED "
+          "and the same command resumes the sweep.", file=sys.stderr, flush=True)
+
+
 def install() -> None:
-    """Turn SIGTERM and SIGHUP into ``Terminated`` (only possible in the main thread; elsewhere a no-op)."""
+    """Turn SIGTERM and SIGHUP into ``Terminated`` (only possible in the main thread; elsewhere a no-op).
+    In a Slurm job started by submitit, its warning signal before the time limit (SIGUSR2) is only logged:
+    submitit's own handler would raise an error in the middle of a stage, 2 minutes early by default, and end
+    the run FAILED with a traceback; the limit itself ends the run KILLED through SIGTERM."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
         try:
             signal.signal(signum, _raise_terminated)
         except (ValueError, OSError):  # not the main thread (some launchers' workers)
             return
+    if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+        warning = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+        signal.signal(warning, _time_limit_near)
 
 
 def interruption(exc: BaseException | None) -> tuple[str, str] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import QUICK, TASK_METRICS, artifacts, mlflow_runs, run_featsweep
+from servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +25,6 @@ def test_submitit_local_multirun_makes_parent_and_children(tmp_path):
     assert len(parent) == 1 and len(children) == 2
     assert (children["tags.mlflow.parentRunId"] == parent.iloc[0]["run_id"]).all()
     assert (children["status"] == "FINISHED").all()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

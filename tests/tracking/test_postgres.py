@@ -18,19 +18,12 @@ from mlflow.tracking import MlflowClient
 from featsweep.errors import FeatsweepError
 from featsweep.tracking.store import check_database, mask
 from featsweep.reports.sweep_report import ui_command
-from helpers import QUICK, TASK_METRICS, PostgresCluster, postgres_binaries, run_featsweep
+from helpers import QUICK, TASK_METRICS, run_featsweep
+from servers import PostgresCluster, free_port, postgres_binaries
 
 TINY = [*QUICK, "task.limit=5"]
 needs_driver = pytest.mark.skipif(importlib.util.find_spec("psycopg") is None,
                                   reason="the PostgreSQL driver is missing: pip install 'featsweep[postgres]'")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def one_line_error(proc, fragment: str) -> None:

@@ -26,15 +26,10 @@ from featsweep.stages.task import read_task_rows
 from featsweep.tracking.run import JobRun
 from featsweep.tracking.upload import upload
 from helpers import QUICK, artifacts, compose_with, mlflow_runs, run_featsweep
+from servers import free_port
 
 TINY = [*QUICK, "task.limit=5"]
 FAST = ["clustering.n_null=5", "clustering.n_bootstrap=3", "clustering.n_continuum=3", "steering.samples_per_size=4"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(cwd: Path, *args: str, name: str = "proc") -> subprocess.Popen:

@@ -14,7 +14,7 @@ from featsweep.tracking import signals
 
 @pytest.fixture
 def handler():
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2)}
     signals.install()
     yield
     for signum, old in previous.items():
@@ -57,3 +57,33 @@ def test_an_error_after_a_signal_counts_as_the_signal(handler):
     with pytest.raises(signals.Terminated) as raised:
         signals.raise_if_received(ValueError("from native code"))
     assert raised.value.code == 143
+
+
+@pytest.fixture
+def slurm_job(monkeypatch):
+    """This process as a job that submitit started on Slurm (it sets SUBMITIT_EXECUTOR in the job's script)."""
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+
+
+def test_in_a_slurm_job_the_warning_signal_is_logged_and_the_run_goes_on(slurm_job, handler, capsys):
+    os.kill(os.getpid(), signal.SIGUSR2)  # submitit's default: sent signal_delay_s before the time limit
+    time.sleep(0.2)
+    assert signals.received is None
+    assert "Slurm sent SIGUSR2: the job's time limit is near" in capsys.readouterr().err
+
+
+def test_in_a_slurm_job_a_second_sigterm_does_not_cut_the_closing_short(slurm_job, handler):
+    with pytest.raises(signals.Terminated):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)
+    os.kill(os.getpid(), signal.SIGTERM)  # srun forwards the time limit's SIGTERM again while the run closes
+    time.sleep(0.2)  # still alive: the closing writes can finish
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+
+
+def test_at_a_terminal_a_second_sigterm_ends_the_process_at_once(handler, monkeypatch):
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    with pytest.raises(signals.Terminated):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
