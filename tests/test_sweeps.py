@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import mlflow
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers import QUICK, TASK_METRICS, artifacts, mlflow_runs, run_featsweep
@@ -98,6 +99,7 @@ def test_unwritable_cache_dir_is_a_clear_error(tmp_path):
     assert mlflow_runs(tmp_path).iloc[0]["status"] == "FAILED"
 
 
+@pytest.mark.slow  # 20-40 s of featsweep processes: slow tier (CI runs it), to keep the default tier near 10 min
 def test_compare_and_rerun_bad_input(tmp_path):
     assert run_featsweep(tmp_path, *QUICK, "task.limit=4").returncode == 0
     proc = run_featsweep(tmp_path, "--experiment", "featsweep", "--filter", "params.task.limit = '99'", module="featsweep.reports.compare")

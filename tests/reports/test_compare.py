@@ -41,6 +41,7 @@ def test_jobs_are_named_by_what_distinguishes_them_and_the_parent_by_the_sweep(q
         assert "steering.factor=1,10" in note and "experiment=organism" in note
 
 
+@pytest.mark.slow  # 20-40 s of featsweep processes: slow tier (CI runs it), to keep the default tier near 10 min
 def test_single_run_is_named_from_its_overrides_or_its_preset(tmp_path):
     proc = run_featsweep(tmp_path, *QUICK, "task.limit=5", "tracking.skip_finished=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -136,6 +137,7 @@ def test_hypotheses_figure_leaves_out_what_does_not_vary():
     assert "network.n_edges=10" in " ".join(t.get_text() for t in fig.texts)
 
 
+@pytest.mark.slow  # 20-40 s of featsweep processes: slow tier (CI runs it), to keep the default tier near 10 min
 def test_a_sweep_after_a_single_run_summarises_the_run_that_stood_in_for_its_skipped_job(tmp_path):
     proc = run_featsweep(tmp_path, *QUICK, "task.limit=5", "steering.factor=10")
     assert proc.returncode == 0, proc.stderr[-3000:]

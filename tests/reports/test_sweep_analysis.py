@@ -8,6 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from helpers import artifacts, mlflow_runs, run_featsweep
 
+pytestmark = pytest.mark.slow  # a 3-job sweep of the whole pipeline (about 80 s)
+
 FAST = ["clustering.n_null=10", "clustering.n_bootstrap=5", "clustering.n_rewire=5", "clustering.n_continuum=3", "steering.samples_per_size=6"]
 
 

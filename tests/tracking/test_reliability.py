@@ -125,6 +125,7 @@ def test_sweep_key_ignores_order_and_where_results_go():
     assert sweep_key(["a=2,3"], "e") != sweep_key(["a=2,3,4"], "e") != sweep_key(["a=2,3,4"], "f")
 
 
+@pytest.mark.slow  # 20-40 s of featsweep processes: slow tier (CI runs it), to keep the default tier near 10 min
 def test_a_sweep_attaches_a_single_run_of_its_points_and_reruns_into_the_same_parent(tmp_path):
     single = run_featsweep(tmp_path, *QUICK, "task.limit=5")
     assert single.returncode == 0, single.stderr[-3000:]
@@ -145,6 +146,7 @@ def test_a_sweep_attaches_a_single_run_of_its_points_and_reruns_into_the_same_pa
     assert sorted(summary["task.limit"]) == [5, 6]
 
 
+@pytest.mark.slow  # 20-40 s of featsweep processes: slow tier (CI runs it), to keep the default tier near 10 min
 def test_a_second_copy_of_a_running_sweep_stops_with_one_line_naming_it(tmp_path):
     sweep = ["-m", *QUICK, "task.limit=5,6,7"]
     first = start(tmp_path, *sweep, name="first")
