@@ -30,6 +30,17 @@ def postgres_binaries() -> Path | None:
     return Path(candidates[-1]).parent if candidates else None
 
 
+def postgres_missing() -> str | None:
+    """Why a PostgreSQL server cannot start here (or featsweep cannot reach it), or None."""
+    import importlib.util
+
+    if postgres_binaries() is None:
+        return "PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql"
+    if importlib.util.find_spec("psycopg") is None:
+        return "the PostgreSQL driver is missing: pip install 'featsweep[postgres]'"
+    return None
+
+
 class PostgresCluster:
     """A real PostgreSQL server in a fresh folder, on a free port, with a password-protected user ``featsweep``.
     PostgreSQL refuses to run as root, so as root it runs as Debian's unprivileged ``postgres`` user."""

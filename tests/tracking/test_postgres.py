@@ -19,7 +19,7 @@ from featsweep.errors import FeatsweepError
 from featsweep.tracking.store import check_database, mask
 from featsweep.reports.sweep_report import ui_command
 from helpers import QUICK, TASK_METRICS, run_featsweep
-from servers import PostgresCluster, free_port, postgres_binaries
+from servers import PostgresCluster, free_port, postgres_binaries, postgres_missing
 
 TINY = [*QUICK, "task.limit=5"]
 needs_driver = pytest.mark.skipif(importlib.util.find_spec("psycopg") is None,
@@ -63,13 +63,11 @@ def test_an_unreachable_server_is_one_line_without_the_password(tmp_path):
 @pytest.fixture(scope="module")
 def postgres():
     """A real PostgreSQL server (initdb + pg_ctl in a temporary folder, on a free port)."""
-    binaries = postgres_binaries()
-    if binaries is None:
-        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
-    if importlib.util.find_spec("psycopg") is None:
-        pytest.skip("the PostgreSQL driver is missing: pip install 'featsweep[postgres]'")
-    cluster = PostgresCluster(binaries)
-    print(f"PostgreSQL server running from {binaries} on port {cluster.port}")
+    reason = postgres_missing()
+    if reason:
+        pytest.skip(reason)
+    cluster = PostgresCluster(postgres_binaries())
+    print(f"PostgreSQL server running from {cluster.bin} on port {cluster.port}")
     yield cluster
     cluster.stop()
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from servers import PostgresCluster, SlurmCluster, postgres_binaries, slurm_missing
+from servers import PostgresCluster, SlurmCluster, postgres_binaries, postgres_missing, slurm_missing
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +29,12 @@ def servers():
     reason = slurm_missing()
     if reason:
         pytest.skip(reason)
-    binaries = postgres_binaries()
-    if binaries is None:
-        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
-    if importlib.util.find_spec("psycopg") is None or importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
-        pytest.skip("the drivers are missing: pip install 'featsweep[postgres,slurm]'")
-    postgres = PostgresCluster(binaries)
+    reason = postgres_missing()
+    if reason:
+        pytest.skip(reason)
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        pytest.skip("Hydra's submitit launcher is missing: pip install 'featsweep[slurm]'")
+    postgres = PostgresCluster(postgres_binaries())
     try:
         slurm = SlurmCluster()
     except BaseException:
