@@ -16,7 +16,9 @@ layer 12, 100 prompts of ~60 tokens with a 4-shot prefix); the engine runs the f
 
 Wherever the engine has a fused tail, the same engine (same cached clean pass, same rows per forward) is also run
 on TransformerLens's own blocks, side by side in this process: ``speedup_vs_tl_blocks`` (positions=all; and
-``speedup_vs_tl_blocks_non_prefix`` for smollm2) is its run time over the fused tail's.
+``speedup_vs_tl_blocks_non_prefix`` for smollm2) is its run time over the fused tail's. ``ceiling_vs_tl_blocks`` is
+the most that ratio can be: 1 / the share of the TransformerLens blocks' CPU time spent in matmuls (torch profiler,
+two conditions), which a fused tail must still do.
 
 Prints the speed-up for positions=all and positions=last, the engine's achieved GFLOP/s (analytic
 count of the matmuls the engine does: blocks L.. + the final unembed; for positions=all) against a
@@ -128,6 +130,20 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_fraction(fn) -> float:
+    """The share of ``fn``'s CPU time (torch profiler, self time per op) spent in matrix products."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / total
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -182,7 +198,11 @@ def main(argv=None) -> dict:
         if engine.fused:  # the same engine (same cache and rows) on TransformerLens's own blocks
             fused, engine._fused = engine._fused, None
             tl, t_tl = timed(lambda: engine.run(conditions, progress=False))
+            # the fused tail does the same matmuls: its speed-up over these blocks is bounded by 1 / this share
+            share = matmul_fraction(lambda: engine.run(conditions[:2], progress=False))
             engine._fused = fused
+            print(f"positions={positions}: TransformerLens blocks spend {share:.0%} of their time in matmuls, so a tail doing "
+                  f"the same matmuls at the same speed is at most {1 / share:.2f}x faster", flush=True)
             print(f"positions={positions}: engine run on TransformerLens blocks {t_tl:.2f} s, fused tail {t_run:.2f} s: "
                   f"{t_tl / t_run:.2f}x (max |logit_diff difference| "
                   f"{float(np.abs(tl['logit_diff'] - eng['logit_diff']).max()):.1e})", flush=True)
@@ -197,7 +217,8 @@ def main(argv=None) -> dict:
         flops = sum(engine_flops(mcfg, subject.layer, int(n), f, len(conditions)) for n, f in zip(task.lengths, firsts))
         gflops = flops / t_run / 1e9
         report[positions] = dict(t_ref=t_ref, t_eng=t_eng, speedup=t_ref / t_eng, gflops=gflops, err=err, peak=peaks[-1],
-                                 vs_tl=None if t_tl is None else t_tl / t_run)
+                                 vs_tl=None if t_tl is None else t_tl / t_run,
+                                 ceiling=None if t_tl is None else 1 / share)
         print(f"positions={positions}: reference {t_ref:.2f} s ({t_ref / len(conditions) * 1e3:.0f} ms/condition), "
               f"engine {t_eng:.2f} s (cache {t_init:.2f} s + run {t_run:.2f} s), speed-up {t_ref / t_eng:.1f}x, "
               f"engine {gflops:.1f} GFLOP/s ({gflops / peaks[-1]:.0%} of the {peaks[-1]:.1f} GFLOP/s peak measured just "
@@ -214,6 +235,7 @@ def main(argv=None) -> dict:
     for positions, key in (("all", "speedup_vs_tl_blocks"), ("non_prefix", "speedup_vs_tl_blocks_non_prefix")):
         if report.get(positions, {}).get("vs_tl") is not None:  # engine run time, TransformerLens blocks / fused tail
             result[key] = figure(report[positions]["vs_tl"])
+            result[key.replace("speedup", "ceiling")] = figure(report[positions]["ceiling"])
     print(json.dumps(result))
     return result
 

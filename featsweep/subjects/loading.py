@@ -201,8 +201,9 @@ def load_local_sae(sae_cfg, device: str, dtype: torch.dtype) -> tuple[SAE, str, 
         raise FeatsweepError("sae.source=local needs sae.path, a folder saved by SAE Lens (cfg.json + sae_weights.safetensors).")
     path = Path(sae_cfg.path)
     if not (path / "cfg.json").is_file():
-        layers = sorted(p.name for p in path.parent.glob("layer_*")) if path.parent.is_dir() else []
-        hint = f" This SAE family has: {', '.join(layers)} (sae.layer picks one)." if layers else ""
+        layers = sorted(int(p.name[6:]) for p in path.parent.glob("layer_*")
+                        if p.name[6:].isdigit() and (p / "cfg.json").is_file()) if path.parent.is_dir() else []
+        hint = f" The shipped layers: sae.layer can be one of {', '.join(map(str, layers))}." if layers else ""
         raise FeatsweepError(f"sae.path={path} holds no SAE saved by SAE Lens (no cfg.json).{hint}")
     with warnings.catch_warnings():
         # it asks for a model loaded without weight processing, which is how featsweep loads every model

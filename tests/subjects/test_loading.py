@@ -118,7 +118,10 @@ def test_missing_gguf_file_and_local_sae_folder_are_named(tmp_path):
     (tmp_path / "layer_3").mkdir()
     (tmp_path / "layer_3" / "cfg.json").write_text("{}")
     cfg = compose_with(["sae=smollm2-res", f"sae.path={tmp_path}/layer_9"])
-    with pytest.raises(FeatsweepError, match=r"no SAE saved by SAE Lens.*layer_3 \(sae.layer picks one\)"):
+    (tmp_path / "layer_12").mkdir()
+    (tmp_path / "layer_12" / "cfg.json").write_text("{}")
+    (tmp_path / "layer_5").mkdir()  # no cfg.json: not a shipped layer
+    with pytest.raises(FeatsweepError, match=r"no SAE saved by SAE Lens.*sae.layer can be one of 3, 12\.$"):
         load_local_sae(cfg.sae, "cpu", torch.float32)
 
 
