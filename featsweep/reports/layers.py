@@ -158,7 +158,8 @@ def layer_section(client, table: pd.DataFrame, dims: list[str], out_dir: Path, o
     ``overrides``); a one-line note instead when there is nothing to match or the runs cannot be matched."""
     if LAYER not in dims:
         if any(o.split("=", 1)[0].lstrip("+~") == LAYER for o in overrides.split()):
-            return _note("the sweep has one layer: there is nothing to match; sweep two or more (sae.layer=0,1,2,3).")
+            return _note("the sweep has one layer: there is nothing to match; sweep two or more "
+                         "(sae.layer=0,1,2,3 on the organism, sae.layer=6,12,18 on SmolLM2).")
         return ""
     try:
         summary, figures = layer_flow(client, table, dims, out_dir)

@@ -4,7 +4,10 @@ The corpus (``featsweep/stages/corpus_text.py``) is tokenized document by docume
 separated by the BOS token (as SAE Lens does), and cut into rows of ``corpus.context`` tokens that each start
 with BOS. Each batch of rows runs through the model only up to the SAE's hook (``stop_at_layer=layer``: the
 residual stream before block ``layer`` is ``blocks.<layer>.hook_resid_pre``) and through the SAE's encoder.
-BOS positions (row starts and document separators) are left out of every statistic, as in ``gen_max``.
+BOS positions (row starts and document separators) are left out of every statistic, as in ``gen_max``, and so are
+a row's first positions when the SAE was trained without them (SAE Lens's ``metadata.seqpos_slice``: SmolLM2's
+shipped SAEs leave out the attention sink SmolLM2 makes of some first tokens after BOS, whose huge residual norm
+would give its latents a ``gen_max`` ~100x too large).
 
 Per latent, in memory that grows with ``d_sae`` and never with the number of tokens:
 
@@ -134,6 +137,15 @@ def hook_activations(subject, tokens: torch.Tensor) -> torch.Tensor:
     return subject.sae.encode(resid).float()
 
 
+def counted_positions(sae, tokens: torch.Tensor, bos: int) -> torch.Tensor:
+    """``[b, T]`` bool: the positions every statistic counts: not BOS, and not before the first position of a row
+    that the SAE was trained on (``sae.cfg.metadata.seqpos_slice``)."""
+    counted = tokens != bos
+    start = slice(*getattr(sae.cfg.metadata, "seqpos_slice", None) or (None,)).start or 0
+    counted[:, :start] = False
+    return counted
+
+
 class _Accumulator:
     """The bounded per-latent state, on the model's device, updated batch by batch."""
 
@@ -209,12 +221,13 @@ def corpus_pass(subject, documents, cfg: CorpusConfig, progress: bool = True, co
                       leave=False, disable=not progress):
         tokens = torch.tensor(batch, dtype=torch.long, device=subject.device)
         acts = hook_activations(subject, tokens)
-        acts.masked_fill_((tokens == bos)[..., None], 0.0)
+        counted = counted_positions(subject.sae, tokens, bos)
+        acts.masked_fill_(~counted[..., None], 0.0)
         acc.add(tokens, acts)
         if counter is not None:
-            counter.update(acts, tokens != bos)
+            counter.update(acts, counted)
         n_rows += len(batch)
-        n_tokens += int((tokens != bos).sum())
+        n_tokens += int(counted.sum())
     if subject.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

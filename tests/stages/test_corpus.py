@@ -76,6 +76,28 @@ def test_top_contexts_density_max_and_quantiles_equal_brute_force(tiny_subject, 
     assert checked > 100
 
 
+def test_positions_the_sae_was_not_trained_on_are_left_out(tiny_subject, tmp_path):
+    """An SAE whose ``metadata.seqpos_slice`` starts at 2 (SmolLM2's: BOS and the sink after it) is described on
+    positions 2.. of each row only: the statistics equal brute force with those positions zeroed."""
+    cfg = CorpusConfig(path=str(text_file(tmp_path)), context=16, batch_size=7, top_k=4, n_tokens=4_000)
+    tokenizer = tiny_subject.model.tokenizer
+    bos = separator_id(tokenizer)
+    rows = list(token_rows(corpus_documents(cfg, OTHER_MODEL), tokenizer, bos, 16, 4_000))
+    tokens, acts = brute_force(tiny_subject, rows, bos)
+    acts[:, :2] = 0.0
+    meta = tiny_subject.sae.cfg.metadata
+    before = meta.seqpos_slice
+    try:
+        meta.seqpos_slice = (2, None)
+        stats = corpus_pass(tiny_subject, corpus_documents(cfg, OTHER_MODEL), cfg, progress=False)
+    finally:
+        meta.seqpos_slice = before
+    assert stats.n_tokens == int((tokens[:, 2:] != bos).sum())
+    np.testing.assert_array_equal(stats.fire_count, (acts > 0).sum(axis=(0, 1)))
+    np.testing.assert_allclose(stats.max, acts.max(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+    assert (stats.max < brute_force(tiny_subject, rows, bos)[1].max(axis=(0, 1))).any()  # position 1 did count before
+
+
 def test_rows_are_the_token_stream_with_bos_between_documents(tiny_subject):
     tokenizer = tiny_subject.model.tokenizer
     docs = ["Fact: Tom Brady plays", "the sport of football", "LeBron James plays basketball"]
