@@ -113,10 +113,23 @@ def _run_inputs(client, run_id: str, folder: Path) -> tuple[pd.DataFrame, object
     return features, cfg
 
 
+def settings_besides_layer(table: pd.DataFrame, dims: list[str]) -> list[str]:
+    """The swept dimensions other than ``sae.layer`` that vary on their own. A config value interpolated from
+    ``sae.layer`` (SmolLM2's ``sae.path``, a registry SAE's ``sae_id``, any ``sae.hook_name``) takes one value per
+    layer and a different one at each: it names the layer again and is not a setting to group by."""
+    n_layers = table[LAYER].nunique(dropna=False)
+
+    def follows_layer(dim: str) -> bool:
+        return bool((table.groupby(LAYER, dropna=False)[dim].nunique(dropna=False) == 1).all()
+                    and table[dim].nunique(dropna=False) == n_layers)
+
+    return [d for d in dims if d != LAYER and not follows_layer(d)]
+
+
 def layer_flow(client, table: pd.DataFrame, dims: list[str], out_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """Every adjacent-layer pair of the sweep (within each setting of the other swept dimensions): the summary
     rows (also ``layers/layer_pairs.csv``) and the flow figures written under ``out_dir``."""
-    others = [d for d in dims if d != LAYER]
+    others = settings_besides_layer(table, dims)
     groups = table.groupby(others, sort=True, dropna=False) if others else [((), table)]
     rows, figures = [], []
     (out_dir / "layers").mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,22 @@ def test_the_flow_plot_draws_the_matching_table():
     assert away.sum() == (matches["matched"] & ~matches["feature_b"].isin(feats_b[feats_b.kept]["feature"])).sum()
 
 
+def test_values_interpolated_from_the_layer_are_not_settings_of_their_own():
+    """SmolLM2's sweep varies sae.path and sae.hook_name with sae.layer: one group of three layers, not three
+    groups of one; a dimension swept beside the layer still splits the groups."""
+    from featsweep.reports.layers import settings_besides_layer
+
+    table = pd.DataFrame({"sae.layer": [6, 12, 18, 6, 12, 18], "sae.path": ["a/layer_6", "a/layer_12", "a/layer_18"] * 2,
+                          "sae.hook_name": [f"blocks.{x}.hook_resid_pre" for x in (6, 12, 18)] * 2,
+                          "steering.factor": [1.0] * 3 + [2.0] * 3})
+    dims = ["sae.layer", "sae.path", "sae.hook_name", "steering.factor"]
+    assert settings_besides_layer(table, dims) == ["steering.factor"]
+    assert settings_besides_layer(table[:3], dims[:3]) == []
+    # a dimension that is constant within each layer but shared by two layers is a setting, not the layer's name
+    table["seed"] = [0, 0, 1, 0, 0, 1]
+    assert settings_besides_layer(table, [*dims, "seed"]) == ["steering.factor", "seed"]
+
+
 def test_a_one_layer_sweep_says_there_is_nothing_to_match(tmp_path):
     table = pd.DataFrame({"sae.layer": [3], "run_id": ["x"]})
     assert "nothing to match" in layer_section(None, table, [], tmp_path, overrides="stages=[task] sae.layer=3")
