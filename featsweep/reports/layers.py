@@ -136,6 +136,8 @@ def layer_flow(client, table: pd.DataFrame, dims: list[str], out_dir: Path) -> t
     with tempfile.TemporaryDirectory() as tmp:
         for key, group in groups:
             group = group.sort_values(LAYER)
+            if group[LAYER].nunique() < 2:  # one layer in this setting: nothing to match
+                continue
             label = ", ".join(f"{d}={v}" for d, v in zip(others, key if isinstance(key, tuple) else (key,)))
             inputs = {int(r[LAYER]): _run_inputs(client, r["run_id"], Path(tmp) / r["run_id"]) for _, r in group.iterrows()}
             models = {str(cfg.model.name) for _, cfg in inputs.values()}
@@ -178,6 +180,8 @@ def layer_section(client, table: pd.DataFrame, dims: list[str], out_dir: Path, o
         summary, figures = layer_flow(client, table, dims, out_dir)
     except FeatsweepError as err:
         return _note(str(err))
+    if summary.empty:
+        return _note("no setting of the other swept dimensions has two layers: there is nothing to match.")
     from featsweep.reports.sweep_report import _table
 
     images = "".join(f'<img alt="cluster flow across layers" src="data:image/png;base64,'

@@ -113,6 +113,10 @@ def test_a_one_layer_sweep_says_there_is_nothing_to_match(tmp_path):
     table = pd.DataFrame({"sae.layer": [3], "run_id": ["x"]})
     assert "nothing to match" in layer_section(None, table, [], tmp_path, overrides="stages=[task] sae.layer=3")
     assert layer_section(None, table, [], tmp_path, overrides="steering.factor=1,2") == ""
+    # two layers, but each factor with one of them (failed jobs left the rest out): no setting holds two layers
+    table = pd.DataFrame({"sae.layer": [2, 3, 3], "steering.factor": [1.0, 2.0, 3.0], "run_id": ["x", "y", "z"]})
+    note = layer_section(None, table, ["sae.layer", "steering.factor"], tmp_path)
+    assert "no setting of the other swept dimensions has two layers" in note
 
 
 def test_a_layer_sweep_without_the_network_stage_says_what_is_missing(tmp_path):
