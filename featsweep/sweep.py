@@ -226,6 +226,8 @@ class SweepCallback(Callback):
         client.set_tag(parent, "featsweep.n_jobs", str(len(outcomes)))
         try:
             summarize_sweep(client, parent)
+            if "featsweep.compare_error" in client.get_run(parent).data.tags:  # a resumed sweep's earlier failure
+                client.delete_tag(parent, "featsweep.compare_error")
         except Exception as err:  # the summary must never lose the sweep's own status
             log.warning("Cross-run summary failed: %s", err)
             client.set_tag(parent, "featsweep.compare_error", str(err)[:5000])
