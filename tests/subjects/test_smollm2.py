@@ -136,3 +136,30 @@ def test_task_stage_offline(tmp_path):
     out = run_featsweep(tmp_path, "experiment=smollm2", "stages=[task]", timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "task.accuracy" in out.stdout + out.stderr
+
+
+def test_a_layer_sweep_over_the_shipped_saes_follows_features_across_layers(tmp_path):
+    """`-m experiment=smollm2 sae.layer=<two shipped layers>` offline: one FINISHED child per layer and the
+    cross-layer section on the parent's compare page (network stages only, 40 prompts, nulls off: the full sweep
+    over every shipped layer is in the README's measurements)."""
+    from mlflow.tracking import MlflowClient
+
+    from featsweep.subjects.smollm2.card import CARD, SAE_ROOT
+    from helpers import artifacts, mlflow_runs
+
+    layers = sorted(int(p.name.removeprefix("layer_")) for p in SAE_ROOT.glob("layer_*") if (p / CARD).is_file())[:2]
+    out = run_featsweep(tmp_path, "-m", "experiment=smollm2", "stages=[task,attribution,network]", "task.limit=40",
+                        "clustering.n_null=0", "clustering.n_bootstrap=0", "clustering.n_rewire=0",
+                        f"sae.layer={','.join(map(str, layers))}", timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = mlflow_runs(tmp_path)
+    parent = runs[runs["tags.featsweep.role"] == "sweep"].iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"]]
+    assert sorted(children["params.sae.layer"].astype(int)) == layers and (children["status"] == "FINISHED").all()
+    compare = next((tmp_path / "multirun").glob("*/*/compare"))
+    assert "Features followed across layers" in (compare / "report.html").read_text()
+    pairs = pd.read_csv(compare / "layers" / "layer_pairs.csv")
+    assert pairs[["layer_a", "layer_b"]].values.tolist() == [list(p) for p in zip(layers, layers[1:])]
+    assert (pairs["n_kept_a"] > 0).all() and (pairs["frac_top1"] > pairs["frac_top1_null"]).all()  # above chance
+    logged = artifacts(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"), parent["run_id"])
+    assert "compare/layer_flow.png" in logged
