@@ -1,8 +1,9 @@
-"""The SAE Lens runner settings that every featsweep SAE training shares (the organism's and SmolLM2's).
+"""The SAE Lens runner settings for a featsweep SAE training that runs the model batch by batch (the organism's).
 
-Both train on a tokenized in-memory dataset on the CPU, one document per row with BOS first and no
-concatenation across rows, float32, no W&B and no checkpoints; what differs (the SAE architecture, the hook, the
-text, the schedule) is passed in. One place, so a fix to the common tail reaches every training.
+It trains on a tokenized in-memory dataset on the CPU, one document per row with BOS first and no concatenation
+across rows, float32, no W&B and no checkpoints; what differs (the SAE architecture, the hook, the text, the
+schedule) is passed in. SmolLM2's SAEs do not use it: they train with SAE Lens's ``SAETrainer`` on activations
+from one model pass for all layers (``featsweep.subjects.smollm2.train``).
 """
 
 from __future__ import annotations
