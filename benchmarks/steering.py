@@ -6,8 +6,9 @@ token ids (BOS + 11 tokens); single-feature conditions in negative mode, gen_max
 
     python benchmarks/steering.py                      # 100 prompts, 50 conditions per approach
     python benchmarks/steering.py --prompts 4 --conditions 2 --layers 2 --vocab 1000   # smoke test
-    python benchmarks/steering.py --model smollm2      # SmolLM2-135M (`make smollm2`) with its shipped SAE, on the
-                                                       # few-shot athletes prompts of experiment=smollm2
+    python benchmarks/steering.py --model smollm2 --reference-conditions 3   # SmolLM2-135M (`make smollm2`) with its
+                                # shipped SAE, on the few-shot athletes prompts of experiment=smollm2; the reference
+                                # (~15 s per condition there) timed on 3 of the 50 conditions
 
 With ``--model smollm2`` the subject and task are the real ones of ``experiment=smollm2`` (30 Llama blocks, SAE at
 layer 12, 100 prompts of ~60 tokens with a 4-shot prefix); the engine runs the fused Llama tail there
@@ -18,7 +19,8 @@ Wherever the engine has a fused tail, the same engine (same cached clean pass, s
 on TransformerLens's own blocks, side by side in this process: ``speedup_vs_tl_blocks`` (positions=all; and
 ``speedup_vs_tl_blocks_non_prefix`` for smollm2) is its run time over the fused tail's. ``ceiling_vs_tl_blocks`` is
 the most that ratio can be: 1 / the share of the TransformerLens blocks' CPU time spent in matmuls (torch profiler,
-two conditions), which a fused tail must still do.
+two conditions), which a fused tail must still do; ``fused_matmul_share`` is the same share for the fused tail
+(near 1: the tail is bound by its matmuls).
 
 Prints the speed-up for positions=all and positions=last, the engine's achieved GFLOP/s (analytic
 count of the matmuls the engine does: blocks L.. + the final unembed; for positions=all) against a
@@ -165,6 +167,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--token-budget", type=int, default=SteeringConfig.token_budget,
                         help="rows x recomputed positions per forward (steering.token_budget; default: the config's, "
                              "null = chosen from the model's shape)")
+    parser.add_argument("--reference-conditions", type=int, default=None,
+                        help="time the reference on the first N conditions only (its cost is one full forward per "
+                             "condition, so per condition it is the same; SmolLM2 at the defaults: ~15 s each); the "
+                             "speed-ups compare time per condition. Default: all")
     parser.add_argument("--factor", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--model", choices=["gpt2-shape", "smollm2"], default="gpt2-shape")
@@ -190,7 +196,9 @@ def main(argv=None) -> dict:
     for positions in ("all", "last") + (("non_prefix",) if args.model == "smollm2" else ()):
         cfg = SteeringConfig(mode="negative", scale="gen_max", positions=positions, factor=args.factor,
                              batch_size=args.batch_size, token_budget=args.token_budget)
-        ref, t_ref = timed(lambda: reference_run(subject, task, cfg, scales, conditions))
+        n_ref = min(len(conditions), args.reference_conditions or len(conditions))
+        ref, t_ref = timed(lambda: reference_run(subject, task, cfg, scales, conditions[:n_ref]))
+        t_ref *= len(conditions) / n_ref  # the reference's time for all conditions, from its time per condition
         peaks.append(matmul_peak())  # the machine is shared: also measure the peak next to the engine run
         engine, t_init = timed(lambda: SteeringEngine(subject, task, cfg, scales))
         eng, t_run = timed(lambda: engine.run(conditions, progress=False))
@@ -201,6 +209,8 @@ def main(argv=None) -> dict:
             # the fused tail does the same matmuls: its speed-up over these blocks is bounded by 1 / this share
             share = matmul_fraction(lambda: engine.run(conditions[:2], progress=False))
             engine._fused = fused
+            fused_share = matmul_fraction(lambda: engine.run(conditions[:2], progress=False))
+            print(f"positions={positions}: the fused tail spends {fused_share:.0%} of its time in matmuls", flush=True)
             print(f"positions={positions}: TransformerLens blocks spend {share:.0%} of their time in matmuls, so a tail doing "
                   f"the same matmuls at the same speed is at most {1 / share:.2f}x faster", flush=True)
             print(f"positions={positions}: engine run on TransformerLens blocks {t_tl:.2f} s, fused tail {t_run:.2f} s: "
@@ -213,13 +223,15 @@ def main(argv=None) -> dict:
               f"(token budget {cfg.token_budget or auto_token_budget(mcfg)}{'' if cfg.token_budget else ', auto'})",
               flush=True)
         t_eng = t_init + t_run
-        err = float(np.abs(ref["logit_diff"] - eng["logit_diff"]).max())
+        err = float(np.abs(ref["logit_diff"] - eng["logit_diff"][:n_ref]).max())
         flops = sum(engine_flops(mcfg, subject.layer, int(n), f, len(conditions)) for n, f in zip(task.lengths, firsts))
         gflops = flops / t_run / 1e9
         report[positions] = dict(t_ref=t_ref, t_eng=t_eng, speedup=t_ref / t_eng, gflops=gflops, err=err, peak=peaks[-1],
                                  vs_tl=None if t_tl is None else t_tl / t_run,
-                                 ceiling=None if t_tl is None else 1 / share)
-        print(f"positions={positions}: reference {t_ref:.2f} s ({t_ref / len(conditions) * 1e3:.0f} ms/condition), "
+                                 ceiling=None if t_tl is None else 1 / share,
+                                 fused_share=None if t_tl is None else fused_share)
+        print(f"positions={positions}: reference {t_ref:.2f} s ({t_ref / len(conditions) * 1e3:.0f} ms/condition"
+              f"{'' if n_ref == len(conditions) else f', timed on {n_ref} conditions'}), "
               f"engine {t_eng:.2f} s (cache {t_init:.2f} s + run {t_run:.2f} s), speed-up {t_ref / t_eng:.1f}x, "
               f"engine {gflops:.1f} GFLOP/s ({gflops / peaks[-1]:.0%} of the {peaks[-1]:.1f} GFLOP/s peak measured just "
               f"before it), max |logit_diff error| {err:.1e}", flush=True)
@@ -236,6 +248,7 @@ def main(argv=None) -> dict:
         if report.get(positions, {}).get("vs_tl") is not None:  # engine run time, TransformerLens blocks / fused tail
             result[key] = figure(report[positions]["vs_tl"])
             result[key.replace("speedup", "ceiling")] = figure(report[positions]["ceiling"])
+            result[key.replace("speedup_vs_tl_blocks", "fused_matmul_share")] = figure(report[positions]["fused_share"])
     print(json.dumps(result))
     return result
 

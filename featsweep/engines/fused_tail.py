@@ -121,6 +121,10 @@ class _FusedBlock:
     def _norm(self, x, wb):
         return torch.nn.functional.layer_norm(x, (self.d,), wb[0], wb[1], self.eps)
 
+    def past(self, keys: Optional[torch.Tensor], values: Optional[torch.Tensor]):
+        """The clean prefix's keys/values as this block takes them: as TransformerLens caches them."""
+        return keys, values
+
     def __call__(self, x: torch.Tensor, past_k: Optional[torch.Tensor], past_v: Optional[torch.Tensor],
                  last_only: bool = False) -> torch.Tensor:
         """``x [R, q, d]`` (positions after the ``past`` ones) -> the block's output ``[R, q, d]``, or

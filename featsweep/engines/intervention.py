@@ -17,7 +17,8 @@ Activations ``a_i(x)`` are always those of the unsteered residual at that positi
 
 * :func:`reference_run`: the plain approach, one full forward pass with a TransformerLens hook per condition.
 * :class:`SteeringEngine`: runs the model up to the hook once per prompt length and caches the
-  residual (and the clean keys/values of every later layer); then pushes many conditions at once
+  residual (and the clean keys/values of every later layer, once per distinct run of tokens before the first
+  steered position); then pushes many conditions at once
   through blocks ``L..`` only, in chunks of rows (row = condition x prompt) sized by a token budget:
   ``steering.token_budget`` tokens (rows x recomputed positions) per forward, chosen from the model's
   shape when null (:func:`auto_token_budget`); ``steering.batch_size`` fixes the row count instead.
@@ -216,6 +217,7 @@ class _Group:
     resid: torch.Tensor  # [P, T, d_model] at the hook
     first: int  # first steered position
     prefix_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block L..: keys/values of positions < first
+    fused_kv: list = None  # the same, as the fused blocks take them (``past``; rotated keys for the Llama tail)
 
 
 class SteeringEngine:
@@ -260,29 +262,33 @@ class SteeringEngine:
                 idx = np.flatnonzero(lengths == length)
                 tokens = torch.stack([task.tokens[i] for i in idx]).to(self.device)
                 first = first_steered(self.positions, int(length), task.prefix_len)
-                resid_parts, kv_parts = [], []
                 step = rows_per_chunk(cfg, mcfg, int(length))
-                for start in range(0, len(idx), step):
-                    resid = model(tokens[start:start + step], stop_at_layer=self.layer)
-                    resid_parts.append(resid)
-                    kv_parts.append(self._clean_kv(resid, first))
-                prefix_kv = [
-                    (torch.cat([p[b][0] for p in kv_parts]), torch.cat([p[b][1] for p in kv_parts]))
-                    for b in range(len(self.blocks))
-                ] if first > 0 else []
-                self.groups.append(_Group(idx=idx, resid=torch.cat(resid_parts), first=first, prefix_kv=prefix_kv))
+                resid = torch.cat([model(tokens[start:start + step], stop_at_layer=self.layer)
+                                   for start in range(0, len(idx), step)])
+                prefix_kv = self._clean_kv(tokens, resid, first)
+                fused_kv = [blk.past(k, v) for blk, (k, v) in zip(self._fused, prefix_kv)] if self._fused else []
+                self.groups.append(_Group(idx=idx, resid=resid, first=first, prefix_kv=prefix_kv, fused_kv=fused_kv))
 
-    def _clean_kv(self, resid: torch.Tensor, first: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Keys/values of positions ``< first`` in every block after the hook, from the clean run."""
+    def _clean_kv(self, tokens: torch.Tensor, resid: torch.Tensor, first: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys/values of positions ``< first`` in every block after the hook, from the clean run. They depend on
+        those positions only (causal attention), so each distinct run of tokens before ``first`` is computed once:
+        with ``positions=non_prefix`` all prompts share it (the few-shot prefix)."""
         if first == 0:
             return []
-        kv = []
-        r = resid
-        for block in self.blocks:
-            entry = TransformerLensKeyValueCacheEntry.init_cache_entry(self.model.cfg, self.device, r.shape[0])
-            r = block(r, past_kv_cache_entry=entry)
-            kv.append((entry.past_keys[:, :first].clone(), entry.past_values[:, :first].clone()))
-        return kv
+        _, rep, inverse = np.unique(tokens[:, :first].cpu().numpy(), axis=0, return_index=True, return_inverse=True)
+        rep, inverse = torch.as_tensor(rep, device=self.device), torch.as_tensor(inverse.ravel(), device=self.device)
+        step = rows_per_chunk(self.cfg, self.model.cfg, first)
+        parts = []
+        for start in range(0, len(rep), step):
+            r = resid[rep[start:start + step], :first]
+            kv = []
+            for block in self.blocks:
+                entry = TransformerLensKeyValueCacheEntry.init_cache_entry(self.model.cfg, self.device, r.shape[0])
+                r = block(r, past_kv_cache_entry=entry)
+                kv.append((entry.past_keys, entry.past_values))
+            parts.append(kv)
+        return [(torch.cat([p[b][0] for p in parts])[inverse], torch.cat([p[b][1] for p in parts])[inverse])
+                for b in range(len(self.blocks))]
 
     # -- one chunk of rows ----------------------------------------------------------------------------
 
@@ -293,8 +299,8 @@ class SteeringEngine:
         if self._fused is not None:
             for b, block in enumerate(self._fused):
                 past_k = past_v = None
-                if group.prefix_kv:
-                    past_k, past_v = group.prefix_kv[b][0][p_rows], group.prefix_kv[b][1][p_rows]
+                if group.fused_kv:
+                    past_k, past_v = group.fused_kv[b][0][p_rows], group.fused_kv[b][1][p_rows]
                 x = block(x, past_k, past_v, last_only=b == n - 1)
             return x[:, -1]
         for b, block in enumerate(self.blocks):

@@ -19,7 +19,7 @@ SHAPES = {
 }
 
 
-def llama_model(shape: str, seed: int = 0) -> HookedTransformer:
+def llama_model(shape: str, seed: int = 0, biases: bool = True) -> HookedTransformer:
     torch.manual_seed(seed)
     cfg = HookedTransformerConfig(n_layers=2, d_model=48, d_head=12, d_mlp=64, d_vocab=50, n_ctx=32, act_fn="silu",
                                   gated_mlp=True, normalization_type="RMS", final_rms=True,
@@ -28,7 +28,7 @@ def llama_model(shape: str, seed: int = 0) -> HookedTransformer:
     model = HookedTransformer(cfg).eval()
     with torch.no_grad():  # TransformerLens starts biases at 0 and RMSNorm weights at 1: make every term count
         for name, p in model.named_parameters():
-            if name.split(".")[-1].startswith(("b_", "_b_", "w")):
+            if name.split(".")[-1].startswith(("b_", "_b_", "w") if biases else "w"):
                 p.add_(0.3 * torch.randn_like(p))
     return model
 
@@ -38,15 +38,17 @@ def tl_block(block, x, past_k=None, past_v=None):
     return block(x, past_kv_cache_entry=entry)
 
 
+@pytest.mark.parametrize("biases", [True, False], ids=["biases", "no_biases"])  # Llama has none: skipped passes
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("past,q", [(0, 7), (5, 4), (9, 1)])
-def test_a_fused_block_equals_transformer_lens_block(shape, past, q):
-    model = llama_model(shape)
+def test_a_fused_block_equals_transformer_lens_block(shape, past, q, biases):
+    model = llama_model(shape, biases=biases)
     assert fused_llama_ok(model)
     torch.manual_seed(1)
     R, d = 3, model.cfg.d_model
     for block in model.blocks:
         fused = FusedLlamaBlock(block, model.cfg)
+        assert (fused.b_O is None) != biases and (fused.b_in is None) != biases
         prefix = torch.randn(R, past, d)
         x = torch.randn(R, q, d)
         past_k = past_v = None
@@ -56,8 +58,8 @@ def test_a_fused_block_equals_transformer_lens_block(shape, past, q):
             past_k, past_v = entry.past_keys.clone(), entry.past_values.clone()
         with torch.inference_mode():
             want = tl_block(block, x, past_k, past_v)
-            got = fused(x, past_k, past_v)
-            last = fused(x, past_k, past_v, last_only=True)
+            got = fused(x, *fused.past(past_k, past_v))
+            last = fused(x, *fused.past(past_k, past_v), last_only=True)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(last, want[:, -1:], atol=1e-5, rtol=1e-5)
         assert (want - x).abs().max() > 1e-2  # the block does something

@@ -164,7 +164,7 @@ def test_benchmark_smoke(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     # speedup_vs_tl_blocks: the same engine on TransformerLens's blocks beside the fused tail (and non_prefix on Llama)
     assert {"speedup_all", "speedup_last", "engine_gflops", "matmul_peak_gflops", "speedup_vs_tl_blocks",
-            "ceiling_vs_tl_blocks"} <= set(result)
+            "ceiling_vs_tl_blocks", "fused_matmul_share"} <= set(result)
     assert all(v > 0 for v in result.values())
     assert result["ceiling_vs_tl_blocks"] >= 1  # 1 / the matmuls' share of the TransformerLens blocks' time
 

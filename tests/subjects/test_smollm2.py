@@ -125,7 +125,8 @@ def test_fused_llama_blocks_equal_transformer_lens_blocks(subject, task):
             past_k, past_v = entry.past_keys.clone(), entry.past_values.clone()
             want = block(x[:, half:], past_kv_cache_entry=TransformerLensKeyValueCacheEntry(
                 past_keys=past_k.clone(), past_values=past_v.clone(), frozen=True))
-            got = FusedLlamaBlock(block, model.cfg)(x[:, half:], past_k, past_v)
+            fused = FusedLlamaBlock(block, model.cfg)
+            got = fused(x[:, half:], *fused.past(past_k, past_v))
             scale = want.abs().max()
             assert (got - want).abs().max() <= 1e-5 * max(1.0, float(scale)), float((got - want).abs().max())
             x = block(x)
