@@ -146,6 +146,14 @@ def matmul_fraction(fn) -> float:
     return sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / total
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a count of at least 1 (argparse turns the ValueError into a one-line usage error)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -167,7 +175,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--token-budget", type=int, default=SteeringConfig.token_budget,
                         help="rows x recomputed positions per forward (steering.token_budget; default: the config's, "
                              "null = chosen from the model's shape)")
-    parser.add_argument("--reference-conditions", type=int, default=None,
+    parser.add_argument("--reference-conditions", type=positive_int, default=None,
                         help="time the reference on the first N conditions only (its cost is one full forward per "
                              "condition, so per condition it is the same; SmolLM2 at the defaults: ~15 s each); the "
                              "speed-ups compare time per condition. Default: all")

@@ -169,6 +169,13 @@ def test_benchmark_smoke(tmp_path):
     assert result["ceiling_vs_tl_blocks"] >= 1  # 1 / the matmuls' share of the TransformerLens blocks' time
 
 
+def test_benchmark_rejects_a_reference_count_below_one():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "steering.py"), "--reference-conditions", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--reference-conditions: invalid positive_int value: '0'" in out.stderr
+
+
 # ---- fused tail and token budget (issue 15) ---------------------------------------------------------------
 
 
